@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Convert an official CAT-Seg checkpoint (detectron2 `.pth` or `.safetensors`) into a transformers model folder.
+
+    python scripts/convert_official_checkpoint.py --checkpoint model_base.pth --output catseg-base --variant base \
+        [--official-config config.json] [--bpe bpe_simple_vocab_16e6.txt.gz]
+
+The folder holds `config.json`, `model.safetensors`, the modelling code (so it loads with `trust_remote_code=True`
+where catseg_hf is not installed) and a model card as `README.md`, ready for `push_to_hub`. With `--bpe`, the image
+processor and the CLIP tokenizer are saved too, so the folder is complete for `CATSegProcessor`, `AutoProcessor`
+and `pipeline(...)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from catseg_hf.configuration_catseg import CATSegConfig
+from catseg_hf.conversion import CheckpointMismatchError, convert_official_checkpoint
+
+MODEL_CARDS = Path(__file__).resolve().parents[1] / "model_cards"
+
+
+def model_card_for(config: CATSegConfig, variant: str | None) -> str:
+    """The released model's card when the checkpoint has that model's geometry, else a plain description."""
+    for name in ([variant] if variant else ["base", "large"]):
+        preset = CATSegConfig.from_preset(name)
+        same_clip = (
+            preset.clip_config.vision_config.hidden_size == config.clip_config.vision_config.hidden_size
+            and preset.clip_config.vision_config.num_hidden_layers == config.clip_config.vision_config.num_hidden_layers
+            and preset.clip_config.text_config.hidden_size == config.clip_config.text_config.hidden_size
+        )
+        card = MODEL_CARDS / f"catseg-{name}.md"
+        if same_clip and card.is_file():
+            return card.read_text()
+    vision = config.clip_config.vision_config
+    return (
+        "---\nlibrary_name: transformers\npipeline_tag: image-segmentation\nlicense: mit\ntags:\n- catseg\n"
+        "- open-vocabulary-segmentation\n---\n\n# CAT-Seg (converted checkpoint)\n\n"
+        f"A CAT-Seg checkpoint converted with catseg-hf: CLIP vision width {vision.hidden_size}, "
+        f"{vision.num_hidden_layers} layers, patch {vision.patch_size}, run at {config.clip_resolution} px. "
+        "It does not have the geometry of a released model; no benchmark numbers apply to it.\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="official .pth (detectron2) or .safetensors file")
+    parser.add_argument("--output", required=True, help="folder to write")
+    parser.add_argument("--variant", choices=["base", "large"], help="preset for non-inferable hyperparameters")
+    parser.add_argument("--official-config", help="official config JSON (the fixtures' config.json format)")
+    parser.add_argument("--bpe", help="CLIP BPE merges file (bpe_simple_vocab_16e6.txt.gz): also save the processor")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    try:
+        model = convert_official_checkpoint(
+            args.checkpoint, output_dir=args.output, official_config=args.official_config, variant=args.variant
+        )
+    except (CheckpointMismatchError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    output = Path(args.output)
+    (output / "README.md").write_text(model_card_for(model.config, args.variant))
+    if args.bpe:
+        from catseg_hf.processing_catseg import CATSegProcessor
+
+        processor = CATSegProcessor.from_model_config(model.config, bpe_path=args.bpe)
+        processor.save_pretrained(output)
+    print(f"saved {output} ({sum(p.numel() for p in model.parameters()):,} parameters)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""CATSegModel behaviour on tiny random configurations: shapes, presets, top-k, padding, loss, modes, saving."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel
+
+from catseg_hf import CATSegConfig, CATSegModel
+from catseg_hf.modeling_catseg import CATSegClassAggregation, compute_cost_volume
+from catseg_hf.testing_utils import tiny_catseg_config
+
+
+def make_model(seed: int = 0, **overrides) -> CATSegModel:
+    torch.manual_seed(seed)
+    model = CATSegModel(tiny_catseg_config(**overrides)).eval()
+    # Non-trivial padding vectors, so the padding path is really exercised (they start at zero, as in the reference).
+    with torch.no_grad():
+        for layer in model.aggregator.layers:
+            layer.class_aggregation.padding_token.normal_()
+            layer.class_aggregation.padding_guidance.normal_()
+    return model
+
+
+def random_inputs(model: CATSegModel, batch: int = 2, num_classes: int = 5, templates: int | None = None):
+    templates = templates or model.config.num_prompt_templates
+    generator = torch.Generator().manual_seed(1)
+    resolution = model.config.clip_resolution
+    pixel_values = torch.randn(batch, 3, resolution, resolution, generator=generator)
+    input_ids = torch.randint(1, 49000, (num_classes, templates, 77), generator=generator)
+    input_ids[..., 0] = 49406
+    input_ids[..., 9] = 49407
+    input_ids[..., 10:] = 0
+    return pixel_values, input_ids
+
+
+# ------------------------------------------------------------------------------------------------ presets
+
+
+@pytest.mark.parametrize(
+    "variant, vision, text, projection, resolution, taps, rows, patch",
+    [
+        ("base", (768, 12), (512, 12, 8), 512, 384, [3, 7], 197, 16),
+        ("large", (1024, 24), (768, 12, 12), 768, 336, [7, 15], 577, 14),
+    ],
+)
+def test_presets_have_the_released_geometry(variant, vision, text, projection, resolution, taps, rows, patch):
+    config = CATSegConfig.from_preset(variant)
+    with torch.device("meta"):
+        model = CATSegModel(config)
+    clip = model.clip
+    assert clip.vision_model.embeddings.patch_embedding.weight.shape == (vision[0], 3, patch, patch)
+    assert len(clip.vision_model.encoder.layers) == vision[1]
+    assert clip.vision_model.embeddings.position_embedding.weight.shape == (rows, vision[0])
+    assert clip.text_model.embeddings.token_embedding.weight.shape == (49408, text[0])
+    assert len(clip.text_model.encoder.layers) == text[1]
+    assert clip.text_model.encoder.layers[0].self_attn.num_heads == text[2]
+    assert clip.visual_projection.weight.shape == (projection, vision[0])
+    assert clip.text_projection.weight.shape == (projection, text[0])
+    assert config.clip_resolution == resolution and config.guidance_layer_indices == taps
+    assert config.feature_resolution == (24, 24) and config.logits_resolution == (96, 96)
+    assert model.guidance_upsamplers[0].weight.shape == (vision[0], 256, 2, 2)
+    assert model.guidance_upsamplers[1].weight.shape == (vision[0], 128, 4, 4)
+    aggregator = model.aggregator
+    assert aggregator.cost_embedding.weight.shape == (128, 1, 7, 7)
+    assert aggregator.appearance_guidance_projection[0].weight.shape == (128, projection, 3, 3)
+    assert aggregator.text_guidance_projection[0].weight.shape == (128, projection)
+    assert len(aggregator.layers) == 2
+    assert aggregator.layers[0].spatial_aggregation.blocks[0].attention.num_heads == 4
+    assert aggregator.layers[0].class_aggregation.attention.num_heads == 4
+    assert aggregator.decoder_stages[0].convs[0].weight.shape == (64, 128, 3, 3)
+    assert aggregator.decoder_stages[1].convs[0].weight.shape == (32, 64, 3, 3)
+    assert aggregator.head.weight.shape == (1, 32, 3, 3)
+
+
+def test_config_validation_messages():
+    with pytest.raises(ValueError, match="clip_finetune"):
+        tiny_catseg_config(clip_finetune="lora")
+    with pytest.raises(ValueError, match="guidance layer"):
+        tiny_catseg_config(guidance_layer_indices=[1, 3])  # block 3 is the last (dense) one
+    with pytest.raises(ValueError, match="prompt_templates"):
+        tiny_catseg_config(prompt_templates=["no placeholder"])
+
+
+# ------------------------------------------------------------------------------------------------ forward contract
+
+
+def test_forward_shapes_and_embeddings_contract():
+    model = make_model()
+    pixel_values, input_ids = random_inputs(model, batch=3, num_classes=6)
+    with torch.no_grad():
+        embeddings = model.get_class_embeddings(input_ids)
+        assert embeddings.shape == (6, 1, 16)
+        torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(6, 1))
+        by_ids = model(pixel_values=pixel_values, input_ids=input_ids)
+        by_embeddings = model(pixel_values=pixel_values, class_embeddings=embeddings)
+    assert by_ids.logits.shape == (3, 6, 16, 16)
+    torch.testing.assert_close(by_ids.logits, by_embeddings.logits)
+    assert by_ids.loss is None and by_ids.selected_classes is None
+
+
+def test_several_templates_and_non_square_grid():
+    model = make_model(prompt_templates=["a photo of a {}.", "a {} in the scene", "{}"], window_size=2)
+    pixel_values, input_ids = random_inputs(model, batch=1, num_classes=4)
+    assert input_ids.shape[1] == 3
+    with torch.no_grad():
+        outputs = model(pixel_values=pixel_values, input_ids=input_ids)
+        non_square = model(pixel_values=torch.randn(1, 3, 64, 96), input_ids=input_ids)
+    assert outputs.logits.shape == (1, 4, 16, 16)
+    assert non_square.logits.shape == (1, 4, 16, 24)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = make_model()
+    pixel_values, input_ids = random_inputs(model)
+    with pytest.raises(ValueError, match="input_ids.*class_embeddings"):
+        model(pixel_values=pixel_values)
+    with pytest.raises(ValueError, match="pixel_values must be"):
+        model(pixel_values=pixel_values[0], input_ids=input_ids)
+    with pytest.raises(ValueError, match="prompt template"):
+        model(pixel_values=pixel_values, class_embeddings=torch.randn(3, 2, 16))
+    with pytest.raises(ValueError, match="windows"):
+        model(pixel_values=torch.randn(1, 3, 48, 48), input_ids=input_ids)  # 3x3 grid, windows of 2
+
+
+def test_processor_metadata_is_handed_back():
+    model = make_model()
+    pixel_values, input_ids = random_inputs(model, batch=1)
+    sizes, layout = torch.tensor([[480, 640]]), torch.tensor([[0, 0, 0, 0]])
+    with torch.no_grad():
+        outputs = model(pixel_values=pixel_values, input_ids=input_ids, original_sizes=sizes, view_layout=layout)
+    assert outputs.original_sizes is sizes and outputs.view_layout is layout
+
+
+# ------------------------------------------------------------------------------------------------ classes
+
+
+def test_more_classes_than_pad_len_keeps_top_k_per_view():
+    model = make_model()  # pad_len 8
+    pixel_values, input_ids = random_inputs(model, batch=2, num_classes=13)
+    with torch.no_grad():
+        outputs = model(pixel_values=pixel_values, input_ids=input_ids, output_intermediates=True)
+    logits, selected = outputs.logits, outputs.selected_classes
+    assert logits.shape == (2, 13, 16, 16) and selected.shape == (2, 8)
+    highest = outputs.cost_volume.amax(dim=(1, 3, 4))
+    for view in range(2):
+        expected = set(highest[view].topk(8).indices.tolist())
+        assert set(selected[view].tolist()) == expected
+        dropped = sorted(set(range(13)) - expected)
+        assert torch.all(logits[view, dropped] == -100.0)
+        assert torch.all(logits[view, sorted(expected)] != -100.0)
+        assert torch.sigmoid(logits[view, dropped]).max() == 0.0
+
+
+@pytest.mark.parametrize("num_classes", [5, 8, 13])
+def test_class_order_does_not_matter(num_classes):
+    model = make_model()
+    pixel_values, input_ids = random_inputs(model, batch=2, num_classes=num_classes)
+    permutation = torch.randperm(num_classes, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits = model(pixel_values=pixel_values, input_ids=input_ids).logits
+        permuted = model(pixel_values=pixel_values, input_ids=input_ids[permutation]).logits
+    torch.testing.assert_close(permuted, logits[:, permutation], atol=1e-5, rtol=0)
+
+
+def explicit_padding_class_aggregation(module: CATSegClassAggregation, cost_embedding, text_guidance, pooling_size):
+    """The straightforward reference: pad the class sequence to pad_len with the learned vectors, attend over all
+    of it with softmax-free linear attention, drop the padding."""
+    batch, num_classes, channels, height, width = cost_embedding.shape
+    pooled = F.avg_pool2d(cost_embedding.flatten(0, 1), pooling_size) if tuple(pooling_size) != (1, 1) else cost_embedding.flatten(0, 1)
+    ph, pw = pooled.shape[-2:]
+    tokens = pooled.view(batch, num_classes, channels, ph * pw).permute(0, 3, 1, 2)  # B, HW, T, C
+    guidance = text_guidance.unsqueeze(1).expand(batch, ph * pw, num_classes, -1)
+    pad = module.pad_len - num_classes
+    if pad > 0:
+        tokens = torch.cat([tokens, module.padding_token.expand(batch, ph * pw, pad, channels)], dim=2)
+        guidance = torch.cat([guidance, module.padding_guidance.expand(batch, ph * pw, pad, -1)], dim=2)
+    tokens = tokens.reshape(batch * ph * pw, -1, channels)
+    guidance = guidance.reshape(batch * ph * pw, tokens.shape[1], -1)
+    attention = module.attention
+    normed = module.norm1(tokens)
+    guided = torch.cat([normed, guidance], dim=-1)
+    heads = attention.num_heads
+    q = (F.elu(attention.query(guided)) + 1).unflatten(-1, (heads, -1))
+    k = (F.elu(attention.key(guided)) + 1).unflatten(-1, (heads, -1))
+    v = attention.value(normed).unflatten(-1, (heads, -1))
+    scores = torch.einsum("nlhd,nshd->nhls", q, k)
+    attended = torch.einsum("nhls,nshe->nlhe", scores, v) / (scores.sum(-1).transpose(1, 2).unsqueeze(-1) + attention.eps)
+    tokens = tokens + attended.flatten(2)
+    tokens = tokens + module.mlp(module.norm2(tokens))
+    tokens = tokens[:, :num_classes].reshape(batch, ph, pw, num_classes, channels).permute(0, 3, 4, 1, 2)
+    tokens = tokens.reshape(batch * num_classes, channels, ph, pw)
+    if (ph, pw) != (height, width):
+        tokens = F.interpolate(tokens, size=(height, width), mode="bilinear", align_corners=True)
+    return cost_embedding + tokens.view(batch, num_classes, channels, height, width)
+
+
+@pytest.mark.parametrize("num_classes", [3, 8, 12])
+@pytest.mark.parametrize("pooling_size", [(1, 1), (2, 2)])
+def test_exact_padding_shortcut_equals_explicit_padding(num_classes, pooling_size):
+    model = make_model()
+    module = model.aggregator.layers[0].class_aggregation
+    generator = torch.Generator().manual_seed(num_classes)
+    cost_embedding = torch.randn(2, num_classes, 32, 4, 4, generator=generator)
+    text_guidance = torch.randn(2, num_classes, 16, generator=generator).relu()
+    with torch.no_grad():
+        fast = module(cost_embedding, text_guidance, pooling_size)
+        reference = explicit_padding_class_aggregation(module, cost_embedding, text_guidance, pooling_size)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
+
+
+def test_cost_volume_is_cosine_similarity():
+    image = torch.randn(2, 16, 4, 5)
+    text = torch.randn(2, 3, 2, 16)
+    cost = compute_cost_volume(image, text)
+    assert cost.shape == (2, 2, 3, 4, 5)
+    expected = F.cosine_similarity(image[0, :, 1, 2], text[0, 1, 0], dim=0)
+    torch.testing.assert_close(cost[0, 0, 1, 1, 2], expected)
+
+
+# ------------------------------------------------------------------------------------------------ training side
+
+
+def test_pooling_follows_training_mode():
+    model = make_model(training_pooling_size=[2, 2], inference_pooling_size=[1, 1])
+    assert model.pooling_size == (1, 1)
+    model.train()
+    assert model.pooling_size == (2, 2)
+
+
+def test_loss_counts_ignored_pixels_as_background():
+    model = make_model()
+    pixel_values, input_ids = random_inputs(model, batch=2, num_classes=4)
+    labels = torch.randint(0, 4, (2, 37, 29))
+    labels[0, :5] = 255
+    labels[1, :, :3] = 7  # out of [0, T): background too
+    with torch.no_grad():
+        outputs = model(pixel_values=pixel_values, input_ids=input_ids, labels=labels)
+    logits = F.interpolate(outputs.logits, size=(37, 29), mode="bilinear", align_corners=False)
+    targets = torch.stack([(labels == c) for c in range(4)], dim=1).float()
+    expected = F.binary_cross_entropy_with_logits(logits, targets)
+    torch.testing.assert_close(outputs.loss, expected)
+
+
+@pytest.mark.parametrize("mode", ["attention", "frozen", "full"])
+def test_clip_finetune_modes(mode):
+    model = make_model(clip_finetune=mode)
+    trainable = {name for name, p in model.clip.named_parameters() if p.requires_grad}
+    all_clip = {name for name, _ in model.clip.named_parameters()}
+    if mode == "full":
+        assert trainable == all_clip
+    elif mode == "frozen":
+        assert trainable == set()
+    else:
+        expected = {
+            f"{tower}.encoder.layers.{i}.self_attn.{proj}_proj.weight"
+            for tower, layers in (("text_model", 2), ("vision_model", 4))
+            for i in range(layers)
+            for proj in ("q", "v")
+        }
+        assert trainable == expected
+    assert all(p.requires_grad for p in model.aggregator.parameters())
+    assert all(p.requires_grad for p in model.guidance_upsamplers.parameters())
+
+
+def test_gradients_flow_and_gradient_checkpointing_matches():
+    model = make_model()
+    pixel_values, input_ids = random_inputs(model, batch=2, num_classes=3)
+    labels = torch.randint(0, 3, (2, 32, 32))
+    model.train()
+    loss = model(pixel_values=pixel_values, input_ids=input_ids, labels=labels).loss
+    loss.backward()
+    q_grad = model.clip.text_model.encoder.layers[0].self_attn.q_proj.weight.grad
+    assert q_grad is not None and q_grad.abs().sum() > 0
+    assert model.aggregator.head.weight.grad.abs().sum() > 0
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    checkpointed = model(pixel_values=pixel_values, input_ids=input_ids, labels=labels).loss
+    checkpointed.backward()
+    torch.testing.assert_close(checkpointed, loss)
+    assert model.aggregator.head.weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------ cache
+
+
+def test_class_embedding_cache_skips_repeated_text_encoding():
+    model = make_model()
+    pixel_values, input_ids = random_inputs(model, batch=1, num_classes=4)
+    calls = []
+    handle = model.clip.text_model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with torch.no_grad():
+            first = model(pixel_values=pixel_values, input_ids=input_ids).logits
+            second = model(pixel_values=pixel_values, input_ids=input_ids.clone()).logits
+            assert len(calls) == 1
+            model(pixel_values=pixel_values, input_ids=input_ids[:3])  # another vocabulary
+            assert len(calls) == 2
+            # Weights change (as in a training step): the cache must not serve stale embeddings.
+            model.clip.text_projection.weight.mul_(2.0)
+            third = model.get_class_embeddings(input_ids)
+            assert len(calls) == 3
+        torch.testing.assert_close(first, second)
+        for extra in range(20):  # bounded
+            with torch.no_grad():
+                model.get_class_embeddings(input_ids[: 1 + extra % 4].roll(extra, dims=-1))
+        assert len(model._class_embedding_cache) <= model.class_embedding_cache_size
+        model.train()
+        model.get_class_embeddings(input_ids)  # with gradients in training: always recomputed
+        assert len(calls) > 3 + 4
+        assert third.shape == (4, 1, 16)
+    finally:
+        handle.remove()
+
+
+# ------------------------------------------------------------------------------------------------ saving / loading
+
+
+def test_save_load_round_trip_and_auto_classes(tmp_path):
+    model = make_model()
+    pixel_values, input_ids = random_inputs(model, batch=1, num_classes=10)
+    with torch.no_grad():
+        expected = model(pixel_values=pixel_values, input_ids=input_ids).logits
+    model.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, CATSegConfig) and config.pad_len == 8
+    for loaded in (CATSegModel.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)):
+        assert isinstance(loaded, CATSegModel)
+        loaded.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(pixel_values=pixel_values, input_ids=input_ids).logits, expected, rtol=0, atol=0)
+        trainable = {n for n, p in loaded.clip.named_parameters() if p.requires_grad}
+        assert trainable and all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in trainable)
+
+
+def test_remote_code_loads_without_the_package(tmp_path):
+    model = make_model()
+    model.register_for_auto_class("AutoModel")
+    model.config.register_for_auto_class()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "modeling_catseg.py").is_file() and (tmp_path / "configuration_catseg.py").is_file()
+    pixel_values, input_ids = random_inputs(model, batch=1, num_classes=3)
+    torch.save({"pixel_values": pixel_values, "input_ids": input_ids}, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        torch.save(model(pixel_values=pixel_values, input_ids=input_ids).logits, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys, importlib.abc
+        class BlockCatseg(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "catseg_hf" or name.startswith("catseg_hf."):
+                    raise ImportError("catseg_hf is blocked in this test")
+        sys.meta_path.insert(0, BlockCatseg())
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
+        assert not any(m.startswith("catseg_hf") for m in sys.modules), "catseg_hf was imported"
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        torch.testing.assert_close(logits, torch.load({str(tmp_path / "expected.pt")!r}), rtol=0, atol=0)
+        print("loaded", type(model).__module__)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "transformers_modules" in result.stdout
