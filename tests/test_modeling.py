@@ -170,7 +170,8 @@ def test_class_order_does_not_matter(num_classes):
 
 def explicit_padding_class_aggregation(module: CATSegClassAggregation, cost_embedding, text_guidance, pooling_size):
     """The straightforward reference: pad the class sequence to pad_len with the learned vectors, attend over all
-    of it with softmax-free linear attention, drop the padding."""
+    of it with softmax-free linear attention, drop the padding. `cost_embedding` is channels-last (B, T, H, W, C)."""
+    cost_embedding = cost_embedding.permute(0, 1, 4, 2, 3)
     batch, num_classes, channels, height, width = cost_embedding.shape
     pooled = F.avg_pool2d(cost_embedding.flatten(0, 1), pooling_size) if tuple(pooling_size) != (1, 1) else cost_embedding.flatten(0, 1)
     ph, pw = pooled.shape[-2:]
@@ -197,7 +198,7 @@ def explicit_padding_class_aggregation(module: CATSegClassAggregation, cost_embe
     tokens = tokens.reshape(batch * num_classes, channels, ph, pw)
     if (ph, pw) != (height, width):
         tokens = F.interpolate(tokens, size=(height, width), mode="bilinear", align_corners=True)
-    return cost_embedding + tokens.view(batch, num_classes, channels, height, width)
+    return (cost_embedding + tokens.view(batch, num_classes, channels, height, width)).permute(0, 1, 3, 4, 2)
 
 
 @pytest.mark.parametrize("num_classes", [3, 8, 12])
@@ -206,7 +207,7 @@ def test_exact_padding_shortcut_equals_explicit_padding(num_classes, pooling_siz
     model = make_model()
     module = model.aggregator.layers[0].class_aggregation
     generator = torch.Generator().manual_seed(num_classes)
-    cost_embedding = torch.randn(2, num_classes, 32, 4, 4, generator=generator)
+    cost_embedding = torch.randn(2, num_classes, 4, 4, 32, generator=generator)
     text_guidance = torch.randn(2, num_classes, 16, generator=generator).relu()
     with torch.no_grad():
         fast = module(cost_embedding, text_guidance, pooling_size)
@@ -293,7 +294,7 @@ def test_class_embedding_cache_skips_repeated_text_encoding():
     model = make_model()
     pixel_values, input_ids = random_inputs(model, batch=1, num_classes=4)
     calls = []
-    handle = model.clip.text_model.register_forward_hook(lambda *args: calls.append(1))
+    handle = model.clip.text_model.embeddings.register_forward_hook(lambda *args: calls.append(1))
     try:
         with torch.no_grad():
             first = model(pixel_values=pixel_values, input_ids=input_ids).logits
@@ -370,3 +371,40 @@ def test_remote_code_loads_without_the_package(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "transformers_modules" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ fast paths
+
+
+def test_truncated_text_encoding_equals_full_clip_text_tower():
+    model = make_model(text_batch_size=3)
+    generator = torch.Generator().manual_seed(5)
+    input_ids = torch.zeros(7, 1, 77, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, length in enumerate([3, 9, 5, 20, 4, 76, 11]):
+        input_ids[row, 0, 0] = 49406
+        input_ids[row, 0, 1 : length - 1] = torch.randint(1, 49000, (length - 2,), generator=generator)
+        input_ids[row, 0, length - 1] = 49407
+        attention_mask[row, 0, :length] = 1
+    with torch.no_grad():
+        fast = model.get_class_embeddings(input_ids, attention_mask)
+        model._class_embedding_cache.clear()
+        fast_no_mask = model.get_class_embeddings(input_ids)
+        full = model.clip.get_text_features(input_ids=input_ids[:, 0], attention_mask=attention_mask[:, 0]).pooler_output
+    full = full / full.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(fast[:, 0], full, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fast_no_mask[:, 0], full, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("num_classes", [5, 13])
+def test_chunked_aggregation_equals_unchunked(num_classes):
+    chunked = make_model(class_chunk_size=2)
+    whole = make_model(class_chunk_size=0)
+    whole.load_state_dict(chunked.state_dict())
+    pixel_values, input_ids = random_inputs(chunked, batch=3, num_classes=num_classes)
+    with torch.no_grad():
+        expected = whole(pixel_values=pixel_values, input_ids=input_ids)
+        actual = chunked(pixel_values=pixel_values, input_ids=input_ids)
+    torch.testing.assert_close(actual.logits, expected.logits, atol=1e-5, rtol=0)
+    if num_classes > 8:
+        assert torch.equal(actual.selected_classes, expected.selected_classes)

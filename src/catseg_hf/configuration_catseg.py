@@ -69,6 +69,12 @@ class CATSegConfig(PretrainedConfig):
             CLIP normalisation on the 0-255 scale.
         size_divisibility (`int`, *optional*, defaults to 32):
             Whole-image inputs are zero-padded to a multiple of this before being resized to `clip_resolution`.
+        class_chunk_size (`int`, *optional*, defaults to 64):
+            The per-class parts of the aggregator (spatial aggregation, decoder) run over at most this many classes
+            at a time, and views are aggregated one at a time, which bounds memory; results do not depend on it.
+            0 disables chunking.
+        text_batch_size (`int`, *optional*, defaults to 256):
+            Class-name prompts are encoded by the text tower in batches of this size.
     """
 
     model_type = "catseg"
@@ -100,6 +106,8 @@ class CATSegConfig(PretrainedConfig):
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
         size_divisibility: int = 32,
+        class_chunk_size: int = 64,
+        text_batch_size: int = 256,
         initializer_range: float = 0.02,
         **kwargs: Any,
     ):
@@ -134,6 +142,8 @@ class CATSegConfig(PretrainedConfig):
         self.image_mean = list(image_mean if image_mean is not None else [122.7709383, 116.7460125, 104.09373615])
         self.image_std = list(image_std if image_std is not None else [68.5005327, 66.6321579, 70.3231630])
         self.size_divisibility = size_divisibility
+        self.class_chunk_size = class_chunk_size
+        self.text_batch_size = text_batch_size
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
         self.validate()

@@ -83,6 +83,22 @@ class CATSegOutput(ModelOutput):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Layout: inside the aggregator the cost embedding is kept channels-last, (B, T, H, W, C), so that the per-class
+# spatial blocks see (B*T, H, W, C) and the per-pixel class attention sees (B, T, H*W, C) without copies.
+# Guidance enters queries/keys through a concatenation in the reference; since a linear layer of a concatenation
+# is the sum of linear layers of the parts, the guidance part is computed once per image (or per class) and
+# broadcast instead of being repeated for every class (or pixel).
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _class_chunks(num_classes: int, chunk_size: int) -> list[slice]:
+    """Slices over the class axis; `chunk_size <= 0` means one chunk."""
+    if chunk_size <= 0 or chunk_size >= num_classes:
+        return [slice(0, num_classes)]
+    return [slice(start, min(start + chunk_size, num_classes)) for start in range(0, num_classes, chunk_size)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Spatial aggregation: Swin blocks over the cost embedding of each class, guided by the dense image embeddings
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -105,7 +121,11 @@ def shifted_window_attention_mask(
 
 
 class CATSegWindowAttention(nn.Module):
-    """Window self-attention whose queries and keys also see the appearance guidance; values are the tokens alone."""
+    """Window self-attention whose queries and keys also see the appearance guidance; values are the tokens alone.
+
+    `query`/`key` act on `[token ; guidance]` (as stored in the checkpoints); the guidance half is applied once per
+    image by `guidance_terms`.
+    """
 
     def __init__(self, dim: int, guidance_dim: int, num_heads: int):
         super().__init__()
@@ -118,23 +138,50 @@ class CATSegWindowAttention(nn.Module):
         self.value = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, windows: torch.Tensor, attention_bias: torch.Tensor | None = None) -> torch.Tensor:
-        # windows: (num_windows_total, tokens, dim + guidance_dim); attention_bias: (num_windows, tokens, tokens)
-        batch_windows, tokens, _ = windows.shape
-        shape = (batch_windows, tokens, self.num_heads, self.head_dim)
-        query = self.query(windows).view(shape).transpose(1, 2)
-        key = self.key(windows).view(shape).transpose(1, 2)
-        value = self.value(windows[..., : self.dim]).view(shape).transpose(1, 2)
-        if attention_bias is not None:
-            num_windows = attention_bias.shape[0]
+    def guidance_terms(self, guidance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guidance's contribution to queries and keys, `(B, 1, H, W, dim)` each, from guidance `(B, H, W, G)`."""
+        query = F.linear(guidance, self.query.weight[:, self.dim :]).unsqueeze(1)
+        key = F.linear(guidance, self.key.weight[:, self.dim :]).unsqueeze(1)
+        return query, key
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        guidance_terms: tuple[torch.Tensor, torch.Tensor],
+        window_size: int,
+        shift_size: int,
+    ) -> torch.Tensor:
+        # hidden: (B, T, H, W, dim), already normalised
+        batch, num_classes, height, width, _ = hidden.shape
+        query = F.linear(hidden, self.query.weight[:, : self.dim], self.query.bias) + guidance_terms[0]
+        key = F.linear(hidden, self.key.weight[:, : self.dim], self.key.bias) + guidance_terms[1]
+        value = self.value(hidden)
+
+        def to_windows(tensor: torch.Tensor) -> torch.Tensor:
+            tensor = tensor.reshape(batch * num_classes, height, width, self.dim)
+            if shift_size:
+                tensor = torch.roll(tensor, shifts=(-shift_size, -shift_size), dims=(1, 2))
+            windows = window_partition(tensor, (window_size, window_size))
+            return windows.view(-1, window_size * window_size, self.num_heads, self.head_dim).transpose(1, 2)
+
+        attention_bias = None
+        if shift_size:
+            mask = shifted_window_attention_mask(height, width, window_size, shift_size, hidden.device)
+            windows_per_map = mask.shape[0]
             attention_bias = (
-                attention_bias.to(query.dtype)
+                mask.to(query.dtype)
                 .unsqueeze(1)
-                .expand(batch_windows // num_windows, num_windows, 1, tokens, tokens)
-                .reshape(batch_windows, 1, tokens, tokens)
+                .expand(batch * num_classes, windows_per_map, 1, *mask.shape[1:])
+                .reshape(-1, 1, *mask.shape[1:])
             )
-        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_bias, scale=self.scale)
-        return self.proj(attended.transpose(1, 2).reshape(batch_windows, tokens, self.dim))
+        attended = F.scaled_dot_product_attention(
+            to_windows(query), to_windows(key), to_windows(value), attn_mask=attention_bias, scale=self.scale
+        )
+        attended = attended.transpose(1, 2).reshape(-1, window_size, window_size, self.dim)
+        attended = window_reverse(attended, (window_size, window_size), height, width)
+        if shift_size:
+            attended = torch.roll(attended, shifts=(shift_size, shift_size), dims=(1, 2))
+        return self.proj(attended).view(batch, num_classes, height, width, self.dim)
 
 
 class CATSegSwinBlock(nn.Module):
@@ -153,35 +200,22 @@ class CATSegSwinBlock(nn.Module):
     def window_geometry(self, height: int, width: int) -> tuple[int, int]:
         # As in Swin: a window as large as the grid covers it whole and is never shifted.
         if min(height, width) <= self.window_size:
-            return min(height, width), 0
-        return self.window_size, self.shift_size
-
-    def forward(self, tokens: torch.Tensor, guidance: torch.Tensor | None, height: int, width: int) -> torch.Tensor:
-        # tokens: (N, height * width, dim), guidance: (N, height * width, guidance_dim), N = batch * classes
-        window_size, shift_size = self.window_geometry(height, width)
+            window_size, shift_size = min(height, width), 0
+        else:
+            window_size, shift_size = self.window_size, self.shift_size
         if height % window_size or width % window_size:
             raise ValueError(
                 f"The {height}x{width} feature grid cannot be split into {window_size}x{window_size} windows; use a "
                 f"clip_resolution whose patch grid is a multiple of config.window_size={self.window_size}."
             )
-        batch = tokens.shape[0]
-        hidden = self.norm1(tokens)
-        if guidance is not None:
-            hidden = torch.cat([hidden, guidance], dim=-1)
-        hidden = hidden.view(batch, height, width, -1)
-        attention_bias = None
-        if shift_size:
-            hidden = torch.roll(hidden, shifts=(-shift_size, -shift_size), dims=(1, 2))
-            attention_bias = shifted_window_attention_mask(height, width, window_size, shift_size, tokens.device)
-        windows = window_partition(hidden, (window_size, window_size))
-        windows = windows.view(-1, window_size * window_size, windows.shape[-1])
-        attended = self.attention(windows, attention_bias)
-        attended = attended.view(-1, window_size, window_size, attended.shape[-1])
-        hidden = window_reverse(attended, (window_size, window_size), height, width)
-        if shift_size:
-            hidden = torch.roll(hidden, shifts=(shift_size, shift_size), dims=(1, 2))
-        tokens = tokens + hidden.reshape(batch, height * width, -1)
-        return tokens + self.mlp(self.norm2(tokens))
+        return window_size, shift_size
+
+    def forward(self, hidden: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        # hidden: (B, T, H, W, C); guidance: (B, H, W, G), normalised
+        window_size, shift_size = self.window_geometry(*hidden.shape[2:4])
+        guidance_terms = self.attention.guidance_terms(guidance)
+        hidden = hidden + self.attention(self.norm1(hidden), guidance_terms, window_size, shift_size)
+        return hidden + self.mlp(self.norm2(hidden))
 
 
 class CATSegSpatialAggregation(nn.Module):
@@ -189,20 +223,21 @@ class CATSegSpatialAggregation(nn.Module):
 
     def __init__(self, config: CATSegConfig):
         super().__init__()
+        self.class_chunk_size = config.class_chunk_size
         self.guidance_norm = nn.LayerNorm(config.appearance_guidance_proj_dim)
         self.blocks = nn.ModuleList([CATSegSwinBlock(config, shifted=False), CATSegSwinBlock(config, shifted=True)])
 
-    def forward(self, cost_embedding: torch.Tensor, appearance_guidance: torch.Tensor | None) -> torch.Tensor:
-        # cost_embedding: (B, T, C, H, W); appearance_guidance: (B, G, H, W)
-        batch, num_classes, channels, height, width = cost_embedding.shape
-        tokens = cost_embedding.reshape(batch * num_classes, channels, height * width).transpose(1, 2)
-        guidance = None
-        if appearance_guidance is not None:
-            guidance = self.guidance_norm(appearance_guidance.flatten(2).transpose(1, 2))
-            guidance = guidance.repeat_interleave(num_classes, dim=0)
-        for block in self.blocks:
-            tokens = block(tokens, guidance, height, width)
-        return tokens.transpose(1, 2).reshape(batch, num_classes, channels, height, width)
+    def forward(self, cost_embedding: torch.Tensor, appearance_guidance: torch.Tensor) -> torch.Tensor:
+        # cost_embedding: (B, T, H, W, C); appearance_guidance: (B, H, W, G)
+        guidance = self.guidance_norm(appearance_guidance)
+        chunks = []
+        # Classes never interact here: chunking bounds the memory of the attention and MLP intermediates.
+        for chunk in _class_chunks(cost_embedding.shape[1], self.class_chunk_size):
+            hidden = cost_embedding[:, chunk]
+            for block in self.blocks:
+                hidden = block(hidden, guidance)
+            chunks.append(hidden)
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -213,47 +248,57 @@ class CATSegSpatialAggregation(nn.Module):
 class CATSegLinearAttention(nn.Module):
     """Multi-head linear attention ("Transformers are RNNs", elu + 1 feature map) without output projection.
 
-    There is no positional information, so the result is invariant to the order of the classes.
+    There is no positional information, so the result is invariant to the order of the classes. `query`/`key` act
+    on `[token ; text guidance]` as stored in the checkpoints; the guidance half is applied once per class.
     """
 
     def __init__(self, dim: int, guidance_dim: int, num_heads: int, eps: float):
         super().__init__()
+        self.dim = dim
         self.num_heads = num_heads
         self.eps = eps
         self.query = nn.Linear(dim + guidance_dim, dim)
         self.key = nn.Linear(dim + guidance_dim, dim)
         self.value = nn.Linear(dim, dim)
 
-    def project(self, tokens: torch.Tensor, guidance: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """Feature-mapped queries and keys and the values, each `(..., L, heads, head_dim)`."""
-        guided = torch.cat([tokens, guidance], dim=-1) if guidance is not None else tokens
+    def project(self, tokens: torch.Tensor, guidance: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Feature-mapped queries and keys and the values, each `(..., heads, head_dim)`.
+
+        `tokens` (..., T, P, dim) with guidance (..., T, G) shared by the P pixels, or `tokens` (dim,) with
+        guidance (G,) for a single vector."""
+        query_guidance = F.linear(guidance, self.query.weight[:, self.dim :])
+        key_guidance = F.linear(guidance, self.key.weight[:, self.dim :])
+        if tokens.dim() > 1:
+            query_guidance, key_guidance = query_guidance.unsqueeze(-2), key_guidance.unsqueeze(-2)
         split = (*tokens.shape[:-1], self.num_heads, -1)
-        query = F.elu(self.query(guided)).add_(1.0).view(split)
-        key = F.elu(self.key(guided)).add_(1.0).view(split)
-        value = self.value(tokens).view(split)
-        return query, key, value
+        query = F.linear(tokens, self.query.weight[:, : self.dim], self.query.bias) + query_guidance
+        key = F.linear(tokens, self.key.weight[:, : self.dim], self.key.bias) + key_guidance
+        query = F.elu(query).add_(1.0).view(split)
+        key = F.elu(key).add_(1.0).view(split)
+        return query, key, self.value(tokens).view(split)
 
     def forward(
         self,
         tokens: torch.Tensor,
-        guidance: torch.Tensor | None,
+        guidance: torch.Tensor,
         extra_key_value: torch.Tensor | None = None,
         extra_key_sum: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attends over the sequence of `tokens` (N, L, dim).
+        """Attends over the classes of `tokens` (B, T, P, dim) separately at each of the P pixels; `guidance` is
+        (B, T, G).
 
         `extra_key_value` (heads, head_dim, head_dim) and `extra_key_sum` (heads, head_dim) are the summed
-        contributions of further keys/values that are the same for every sequence (the class padding), added exactly.
+        contributions of further keys/values that are the same at every pixel (the class padding), added exactly.
         """
         query, key, value = self.project(tokens, guidance)
-        key_value = torch.einsum("nlhd,nlhe->nhde", key, value)
+        key_value = torch.einsum("btphd,btphe->bphde", key, value)
         key_sum = key.sum(dim=1)
         if extra_key_value is not None:
             key_value = key_value + extra_key_value
             key_sum = key_sum + extra_key_sum
-        normaliser = torch.einsum("nlhd,nhd->nlh", query, key_sum).add_(self.eps)
-        attended = torch.einsum("nlhd,nhde->nlhe", query, key_value) / normaliser.unsqueeze(-1)
-        return attended.flatten(2)
+        normaliser = torch.einsum("btphd,bphd->btph", query, key_sum).add_(self.eps)
+        attended = torch.einsum("btphd,bphde->btphe", query, key_value) / normaliser.unsqueeze(-1)
+        return attended.flatten(-2)
 
 
 class CATSegClassAggregation(nn.Module):
@@ -278,41 +323,38 @@ class CATSegClassAggregation(nn.Module):
         self.padding_token = nn.Parameter(torch.zeros(dim))
         self.padding_guidance = nn.Parameter(torch.zeros(config.text_guidance_proj_dim))
 
-    def padding_contribution(self, num_padding: int, with_guidance: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def padding_contribution(self, num_padding: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed key-value outer products and key sums of `num_padding` identical padding tokens."""
-        guidance = self.padding_guidance if with_guidance else None
-        _, key, value = self.attention.project(self.norm1(self.padding_token), guidance)
+        _, key, value = self.attention.project(self.norm1(self.padding_token), self.padding_guidance)
         key_value = torch.einsum("hd,he->hde", key, value) * num_padding
         return key_value, key * num_padding
 
     def forward(
-        self, cost_embedding: torch.Tensor, text_guidance: torch.Tensor | None, pooling_size: tuple[int, int]
+        self, cost_embedding: torch.Tensor, text_guidance: torch.Tensor, pooling_size: tuple[int, int]
     ) -> torch.Tensor:
-        # cost_embedding: (B, T, C, H, W); text_guidance: (B, T, G)
-        batch, num_classes, channels, height, width = cost_embedding.shape
-        pooled = cost_embedding.reshape(batch * num_classes, channels, height, width)
+        # cost_embedding: (B, T, H, W, C); text_guidance: (B, T, G)
+        batch, num_classes, height, width, channels = cost_embedding.shape
+        pooled = cost_embedding
         if tuple(pooling_size) != (1, 1):
+            pooled = cost_embedding.permute(0, 1, 4, 2, 3).reshape(batch * num_classes, channels, height, width)
             pooled = F.avg_pool2d(pooled, pooling_size)
-        pooled_height, pooled_width = pooled.shape[-2:]
-        pixels = pooled_height * pooled_width
-        # One class sequence per (image, pixel): (B * h' * w', T, C)
-        tokens = pooled.view(batch, num_classes, channels, pixels).permute(0, 3, 1, 2).reshape(-1, num_classes, channels)
-        guidance = None
-        if text_guidance is not None:
-            guidance = text_guidance.unsqueeze(1).expand(batch, pixels, num_classes, -1).reshape(tokens.shape[0], num_classes, -1)
+            pooled = pooled.view(batch, num_classes, channels, *pooled.shape[-2:]).permute(0, 1, 3, 4, 2)
+        pooled_height, pooled_width = pooled.shape[2:4]
+        tokens = pooled.reshape(batch, num_classes, pooled_height * pooled_width, channels)
 
         extra_key_value = extra_key_sum = None
         num_padding = self.pad_len - num_classes
         if num_padding > 0:
-            extra_key_value, extra_key_sum = self.padding_contribution(num_padding, text_guidance is not None)
-        tokens = tokens + self.attention(self.norm1(tokens), guidance, extra_key_value, extra_key_sum)
+            extra_key_value, extra_key_sum = self.padding_contribution(num_padding)
+        tokens = tokens + self.attention(self.norm1(tokens), text_guidance, extra_key_value, extra_key_sum)
         tokens = tokens + self.mlp(self.norm2(tokens))
 
-        aggregated = tokens.view(batch, pooled_height, pooled_width, num_classes, channels).permute(0, 3, 4, 1, 2)
-        aggregated = aggregated.reshape(batch * num_classes, channels, pooled_height, pooled_width)
+        aggregated = tokens.view(batch, num_classes, pooled_height, pooled_width, channels)
         if (pooled_height, pooled_width) != (height, width):
+            aggregated = aggregated.permute(0, 1, 4, 2, 3).reshape(batch * num_classes, channels, pooled_height, pooled_width)
             aggregated = F.interpolate(aggregated, size=(height, width), mode="bilinear", align_corners=True)
-        return cost_embedding + aggregated.view(batch, num_classes, channels, height, width)
+            aggregated = aggregated.view(batch, num_classes, channels, height, width).permute(0, 1, 3, 4, 2)
+        return cost_embedding + aggregated
 
 
 class CATSegAggregationLayer(GradientCheckpointingLayer):
@@ -326,8 +368,8 @@ class CATSegAggregationLayer(GradientCheckpointingLayer):
     def forward(
         self,
         cost_embedding: torch.Tensor,
-        appearance_guidance: torch.Tensor | None,
-        text_guidance: torch.Tensor | None,
+        appearance_guidance: torch.Tensor,
+        text_guidance: torch.Tensor,
         pooling_size: tuple[int, int],
     ) -> torch.Tensor:
         cost_embedding = self.spatial_aggregation(cost_embedding, appearance_guidance)
@@ -340,11 +382,16 @@ class CATSegAggregationLayer(GradientCheckpointingLayer):
 
 
 class CATSegUpsampleStage(nn.Module):
-    """x2 transposed convolution, concatenation with the (projected) CLIP guidance, two conv-GroupNorm-ReLU."""
+    """x2 transposed convolution, concatenation with the (projected) CLIP guidance, two conv-GroupNorm-ReLU.
+
+    The first convolution of the concatenation is computed as the sum of its feature part (per class) and its
+    guidance part (once per image), which is the same linear map without repeating the guidance for every class.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, guidance_channels: int):
         super().__init__()
-        self.upsample = nn.ConvTranspose2d(in_channels, in_channels - guidance_channels, kernel_size=2, stride=2)
+        self.feature_channels = in_channels - guidance_channels
+        self.upsample = nn.ConvTranspose2d(in_channels, self.feature_channels, kernel_size=2, stride=2)
         self.convs = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
             nn.GroupNorm(out_channels // 16, out_channels),
@@ -354,12 +401,18 @@ class CATSegUpsampleStage(nn.Module):
             nn.ReLU(inplace=True),
         )
 
-    def forward(self, features: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        # features: (B * T, C, H, W); guidance: (B, G, 2H, 2W), shared by the T classes of an image
-        features = self.upsample(features)
-        repeats = features.shape[0] // guidance.shape[0]
-        features = torch.cat([features, guidance.repeat_interleave(repeats, dim=0)], dim=1)
-        return self.convs(features)
+    def guidance_term(self, guidance: torch.Tensor) -> torch.Tensor:
+        """The guidance part of the first convolution, `(B, 1, out, 2H, 2W)`, from guidance `(B, G, 2H, 2W)`."""
+        return F.conv2d(guidance, self.convs[0].weight[:, self.feature_channels :], padding=1).unsqueeze(1)
+
+    def forward(self, features: torch.Tensor, guidance_term: torch.Tensor) -> torch.Tensor:
+        # features: (B, T, C, H, W) -> (B, T, out, 2H, 2W)
+        batch, num_classes = features.shape[:2]
+        upsampled = self.upsample(features.flatten(0, 1))
+        hidden = F.conv2d(upsampled, self.convs[0].weight[:, : self.feature_channels], padding=1)
+        hidden = (hidden.view(batch, num_classes, *hidden.shape[1:]) + guidance_term).flatten(0, 1)
+        hidden = self.convs[1:](hidden)
+        return hidden.view(batch, num_classes, *hidden.shape[1:])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -413,6 +466,22 @@ class CATSegAggregator(nn.Module):
         selected = highest_cost.topk(self.config.pad_len, dim=-1).indices
         return selected.sort(dim=-1).values
 
+    def decode(self, cost_embedding: torch.Tensor, decoder_guidance: list[torch.Tensor]) -> torch.Tensor:
+        """Upsampling decoder and head, per class (chunked over classes to bound memory): (B, T, H, W, C) ->
+        (B, T, 4H, 4W) logits."""
+        guidance_terms = [
+            stage.guidance_term(projection(guidance))
+            for stage, projection, guidance in zip(self.decoder_stages, self.decoder_guidance_projections, decoder_guidance)
+        ]
+        logits = []
+        for chunk in _class_chunks(cost_embedding.shape[1], self.config.class_chunk_size):
+            features = cost_embedding[:, chunk].permute(0, 1, 4, 2, 3)
+            for stage, guidance_term in zip(self.decoder_stages, guidance_terms):
+                features = stage(features, guidance_term)
+            batch, num_classes = features.shape[:2]
+            logits.append(self.head(features.flatten(0, 1)).view(batch, num_classes, *features.shape[-2:]))
+        return logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)
+
     def forward(
         self,
         image_embeddings: torch.Tensor,
@@ -448,29 +517,20 @@ class CATSegAggregator(nn.Module):
 
         # Each class slice (P templates as channels) is embedded by the same convolution.
         cost_embedding = self.cost_embedding(cost_volume.transpose(1, 2).reshape(batch * kept, -1, height, width))
-        cost_embedding = cost_embedding.view(batch, kept, -1, height, width)
+        cost_embedding = cost_embedding.view(batch, kept, -1, height, width).permute(0, 1, 3, 4, 2).contiguous()
 
-        appearance_guidance = self.appearance_guidance_projection(image_embeddings)
+        appearance_guidance = self.appearance_guidance_projection(image_embeddings).permute(0, 2, 3, 1)
         text_guidance = F.normalize(class_embeddings, dim=-1).mean(dim=2)
         text_guidance = self.text_guidance_projection(text_guidance / text_guidance.norm(dim=-1, keepdim=True))
-        decoder_guidance = [proj(g) for proj, g in zip(self.decoder_guidance_projections, decoder_guidance)]
 
         for layer in self.layers:
             cost_embedding = layer(cost_embedding, appearance_guidance, text_guidance, pooling_size)
-
-        features = cost_embedding.flatten(0, 1)
-        for stage, guidance in zip(self.decoder_stages, decoder_guidance):
-            features = stage(features, guidance)
-        logits = self.head(features).view(batch, kept, *features.shape[-2:])
+        logits = self.decode(cost_embedding, list(decoder_guidance))
 
         if selected is not None:
             full = logits.new_full((batch, num_classes, *logits.shape[-2:]), DROPPED_CLASS_LOGIT)
             logits = full.scatter(1, selected[:, :, None, None].expand_as(logits), logits)
         return logits, selected
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Pretrained model
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -595,9 +655,14 @@ class CATSegModel(CATSegPreTrainedModel):
                 self._class_embedding_cache.move_to_end(key)
                 return cached
         num_classes, num_templates, length = input_ids.shape
+        flat_ids = input_ids.reshape(-1, length)
         flat_mask = attention_mask.reshape(-1, length) if attention_mask is not None else None
-        text_outputs = self.clip.get_text_features(input_ids=input_ids.reshape(-1, length), attention_mask=flat_mask)
-        embeddings = text_outputs.pooler_output
+        embeddings = torch.cat(
+            [
+                self._encode_prompts(flat_ids[start : start + self.config.text_batch_size], flat_mask, start)
+                for start in range(0, flat_ids.shape[0], max(self.config.text_batch_size, 1))
+            ]
+        )
         embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
         embeddings = embeddings.view(num_classes, num_templates, -1)
         if use_cache:
@@ -605,6 +670,39 @@ class CATSegModel(CATSegPreTrainedModel):
             while len(self._class_embedding_cache) > self.class_embedding_cache_size:
                 self._class_embedding_cache.popitem(last=False)
         return embeddings
+
+    def _encode_prompts(self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None, start: int):
+        """Projected text-tower features at the end-of-text token of each prompt."""
+        eos_positions = self._end_of_text_positions(input_ids)
+        # The text tower is causal and is read at the end-of-text token: positions after the last one of the batch
+        # cannot change the result, so they are not computed (a prompt is ~10 tokens of the 77).
+        length = int(eos_positions.max()) + 1
+        input_ids = input_ids[:, :length]
+        if attention_mask is not None:
+            attention_mask = attention_mask[start : start + input_ids.shape[0], :length]
+        text_model = self.clip.text_model
+        hidden = text_model.embeddings(input_ids=input_ids)
+        causal_mask = torch.full((length, length), float("-inf"), device=hidden.device, dtype=hidden.dtype).triu(1)
+        if attention_mask is not None:
+            padding = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+            causal_mask = causal_mask + padding
+        else:
+            causal_mask = causal_mask[None, None]
+        for layer in text_model.encoder.layers:
+            hidden = layer(hidden, causal_mask)
+        hidden = text_model.final_layer_norm(hidden)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos_positions]
+        return self.clip.text_projection(pooled)
+
+    def _end_of_text_positions(self, input_ids: torch.LongTensor) -> torch.LongTensor:
+        eos_token_id = self.config.clip_config.text_config.eos_token_id
+        if eos_token_id is None or eos_token_id == 2:
+            # Legacy CLIP configs: the end-of-text token is the largest id of the sequence.
+            return input_ids.argmax(dim=-1)
+        is_eos = input_ids == eos_token_id
+        if not bool(is_eos.any(dim=-1).all()):
+            raise ValueError(f"Every prompt must contain the end-of-text token {eos_token_id}; tokenise with CATSegProcessor.")
+        return is_eos.int().argmax(dim=-1)
 
     # ------------------------------------------------------------------------------------------------ image side
     def get_image_features(self, pixel_values: torch.FloatTensor) -> CATSegImageFeatures:
@@ -642,6 +740,28 @@ class CATSegModel(CATSegPreTrainedModel):
             guidance_taps=tuple(taps),
             decoder_guidance=decoder_guidance,
         )
+
+    def aggregate(
+        self, image_features: CATSegImageFeatures, class_embeddings: torch.Tensor, cost_volume: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Runs the aggregator view by view when `config.class_chunk_size` asks for bounded memory (views are
+        independent: each keeps its own top-k classes)."""
+        step = 1 if self.config.class_chunk_size > 0 else cost_volume.shape[0]
+        logits, selected = [], []
+        for start in range(0, cost_volume.shape[0], step):
+            views = slice(start, start + step)
+            view_logits, view_selected = self.aggregator(
+                image_features.image_embeddings[views],
+                class_embeddings[views],
+                [guidance[views] for guidance in image_features.decoder_guidance],
+                self.pooling_size,
+                cost_volume=cost_volume[views],
+            )
+            logits.append(view_logits)
+            selected.append(view_selected)
+        if len(logits) == 1:
+            return logits[0], selected[0]
+        return torch.cat(logits), (torch.cat(selected) if selected[0] is not None else None)
 
     # ------------------------------------------------------------------------------------------------ loss
     def compute_loss(self, logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
@@ -727,13 +847,7 @@ class CATSegModel(CATSegPreTrainedModel):
         image_features = self.get_image_features(pixel_values.to(self.dtype))
         batched_class_embeddings = batched_class_embeddings.to(image_features.image_embeddings.dtype)
         cost_volume = compute_cost_volume(image_features.image_embeddings, batched_class_embeddings)
-        logits, selected = self.aggregator(
-            image_features.image_embeddings,
-            batched_class_embeddings,
-            image_features.decoder_guidance,
-            self.pooling_size,
-            cost_volume=cost_volume,
-        )
+        logits, selected = self.aggregate(image_features, batched_class_embeddings, cost_volume)
         loss = self.compute_loss(logits, labels) if labels is not None else None
 
         output = CATSegOutput(
