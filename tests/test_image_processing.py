@@ -1,0 +1,341 @@
+"""CATSegImageProcessor: parity with the official glue, input kinds, modes, post-processing, save/load."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor
+
+import catseg_hf.image_processing_catseg as ipmod
+from catseg_hf import CATSegImageProcessor
+
+TOL = 1e-5
+SLIDING_LAYOUT = [640, 640, 384, 256]
+
+
+@pytest.fixture(scope="module")
+def processor() -> CATSegImageProcessor:
+    return CATSegImageProcessor()
+
+
+def _random_uint8(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------------------- official fixture parity
+@pytest.mark.parametrize("key", ["img0", "img1"])
+def test_whole_mode_matches_official_clip_input(processor, official_io, key: str) -> None:
+    out = processor(official_io[f"{key}.image"], mode="whole")
+    expected = official_io[f"{key}.clip_input"]
+    assert out["pixel_values"].dtype == torch.float32 and out["pixel_values"].shape == expected.shape
+    assert (out["pixel_values"] - expected).abs().max().item() <= TOL
+    assert out["original_sizes"].tolist() == [list(official_io[f"{key}.image"].shape[-2:])]
+    assert out["view_layout"].tolist() == [[0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("key", ["img0", "img1"])
+def test_whole_mode_post_processing_matches_official(processor, official_io, key: str) -> None:
+    outputs = {
+        "logits": official_io[f"{key}.logits96.pool1x1"],
+        "original_sizes": torch.tensor([list(official_io[f"{key}.image"].shape[-2:])]),
+        "view_layout": torch.zeros(1, 4, dtype=torch.int64),
+    }
+    target = [official_io[f"{key}.out_hw"].tolist()]
+    result = processor.post_process_semantic_segmentation(outputs, target_sizes=target, return_probabilities=True)
+    expected = official_io[f"{key}.infer.pool1x1"]
+    assert len(result) == 1
+    probabilities, segmentation = result[0]["probabilities"], result[0]["segmentation"]
+    assert probabilities.dtype == torch.float32 and probabilities.shape == expected.shape
+    assert (probabilities - expected).abs().max().item() <= TOL
+    assert segmentation.dtype == torch.int64 and torch.equal(segmentation, expected.argmax(0))
+    labels = processor.post_process_semantic_segmentation(outputs, target_sizes=target)
+    assert torch.equal(labels[0], segmentation)
+
+
+def test_sliding_post_processing_matches_official(processor, official_io) -> None:
+    outputs = {
+        "logits": official_io["img0.sliding.logits96.pool1x1"],
+        "original_sizes": torch.tensor([[480, 640]]),
+        "view_layout": torch.tensor([SLIDING_LAYOUT]),
+    }
+    target = [official_io["img0.out_hw"].tolist()]
+    result = processor.post_process_semantic_segmentation(outputs, target_sizes=target, return_probabilities=True)
+    expected = official_io["img0.sliding.pool1x1"]
+    assert (result[0]["probabilities"] - expected).abs().max().item() <= TOL
+    assert torch.equal(result[0]["segmentation"], expected.argmax(0))
+    labels = processor.post_process_semantic_segmentation(outputs, target_sizes=target)
+    assert torch.equal(labels[0], expected.argmax(0))
+
+
+def test_sliding_views_follow_the_official_recipe(processor, official_io) -> None:
+    image = official_io["img0.image"]
+    out = processor(image)  # sliding is the default
+    assert out["pixel_values"].shape == (5, 3, 384, 384)
+    assert out["view_layout"].tolist() == [SLIDING_LAYOUT] and out["original_sizes"].tolist() == [[480, 640]]
+    # Independent restatement: unfold of the 640x640 canvas, global view last, CLIP normalisation.
+    canvas = torch.nn.functional.interpolate(image[None], size=(640, 640), mode="bilinear", align_corners=False)
+    tiles = torch.nn.functional.unfold(canvas, kernel_size=384, stride=256)[0].T.reshape(4, 3, 384, 384)
+    global_view = torch.nn.functional.interpolate(image[None], size=(384, 384), mode="bilinear", align_corners=False)
+    mean = torch.tensor(ipmod.CLIP_IMAGE_MEAN).view(-1, 1, 1)
+    std = torch.tensor(ipmod.CLIP_IMAGE_STD).view(-1, 1, 1)
+    expected = (torch.cat([tiles, global_view]) - mean) / std
+    assert torch.equal(out["pixel_values"], expected)
+
+
+# ------------------------------------------------------------------------------------------------ sizes and modes
+@pytest.mark.parametrize("size", [(1, 1), (15, 17), (33, 65)])
+@pytest.mark.parametrize("mode", ["whole", "sliding"])
+def test_small_and_odd_sizes(processor, size, mode: str) -> None:
+    out = processor(_random_uint8(*size), mode=mode)
+    views = 1 if mode == "whole" else 5
+    assert out["pixel_values"].shape == (views, 3, 384, 384)
+    assert torch.isfinite(out["pixel_values"]).all()
+    assert out["original_sizes"].tolist() == [list(size)]
+    assert out["original_sizes"].dtype == torch.int64 and out["view_layout"].dtype == torch.int64
+    assert out["view_layout"].tolist() == [[0, 0, 0, 0] if mode == "whole" else SLIDING_LAYOUT]
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc to sample memory")
+def test_large_image_memory(processor) -> None:
+    image = Image.fromarray(_random_uint8(3000, 4000))  # 4000x3000 (w x h), 36 MB of uint8
+    baseline = _rss_bytes()
+    peak = [baseline]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        whole = processor(image, mode="whole")
+        sliding = processor(image, mode="sliding")
+    finally:
+        stop.set()
+        sampler.join()
+    assert whole["pixel_values"].shape == (1, 3, 384, 384) and sliding["pixel_values"].shape == (5, 3, 384, 384)
+    assert whole["original_sizes"].tolist() == [[3000, 4000]]
+    # A float32 copy of the image is 144 MB; a few of them at once is fine, GBs are not.
+    assert peak[0] - baseline < 1.0 * 1024**3, f"peak memory grew by {(peak[0] - baseline) / 2**20:.0f} MB"
+
+
+def test_other_clip_resolution_and_sliding_geometry() -> None:
+    vit_l = CATSegImageProcessor(clip_resolution=336)
+    assert vit_l(_random_uint8(40, 50))["pixel_values"].shape == (5, 3, 336, 336)
+    assert vit_l(_random_uint8(40, 50), mode="whole")["pixel_values"].shape == (1, 3, 336, 336)
+    small = CATSegImageProcessor(sliding_canvas_size=96, sliding_tile_size=64, sliding_stride=16, clip_resolution=32)
+    out = small(_random_uint8(40, 50))
+    assert out["pixel_values"].shape == (3 * 3 + 1, 3, 32, 32)
+    assert out["view_layout"].tolist() == [[96, 96, 64, 16]]
+
+
+def test_invalid_settings() -> None:
+    with pytest.raises(ValueError, match="multiple of the stride"):
+        CATSegImageProcessor(sliding_stride=300)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        CATSegImageProcessor(mode="tiles")
+    with pytest.raises(ValueError, match="tile <= canvas"):
+        CATSegImageProcessor(sliding_canvas_size=256)
+    processor = CATSegImageProcessor()
+    with pytest.raises(ValueError, match="mode must be one of"):
+        processor(_random_uint8(8, 8), mode="slide")
+    with pytest.raises(ValueError, match="No image"):
+        processor([])
+
+
+# ------------------------------------------------------------------------------------------------------ input kinds
+def test_pil_numpy_torch_inputs_agree(processor) -> None:
+    array = _random_uint8(21, 34)
+    reference = processor(array, mode="whole")["pixel_values"]
+    candidates = {
+        "pil": Image.fromarray(array),
+        "numpy_chw": np.ascontiguousarray(array.transpose(2, 0, 1)),
+        "numpy_float": array.astype(np.float64),
+        "torch_uint8": torch.from_numpy(array.transpose(2, 0, 1).copy()),
+        "torch_float": torch.from_numpy(array.transpose(2, 0, 1).copy()).float(),
+    }
+    for name, image in candidates.items():
+        assert torch.equal(processor(image, mode="whole")["pixel_values"], reference), name
+
+
+def test_ambiguous_layout_resolved_by_input_data_format(processor) -> None:
+    array = _random_uint8(3, 3, seed=1)  # (3, 3, 3): numpy defaults to HWC
+    hwc = processor(array, mode="whole")["pixel_values"]
+    as_chw = processor(array.transpose(2, 0, 1).copy(), mode="whole", input_data_format="channels_first")
+    assert torch.equal(as_chw["pixel_values"], hwc)
+    assert torch.equal(processor(torch.from_numpy(array.transpose(2, 0, 1).copy()), mode="whole")["pixel_values"], hwc)
+
+
+def test_alpha_and_grayscale_and_palette(processor) -> None:
+    rgb = _random_uint8(19, 23)
+    reference = processor(rgb, mode="whole")["pixel_values"]
+    alpha = np.full((19, 23, 1), 7, dtype=np.uint8)
+    rgba = Image.fromarray(np.concatenate([rgb, alpha], axis=-1))
+    assert rgba.mode == "RGBA"
+    assert torch.equal(processor(rgba, mode="whole")["pixel_values"], reference)
+    assert torch.equal(processor(np.concatenate([rgb, alpha], axis=-1), mode="whole")["pixel_values"], reference)
+
+    gray = rgb[..., 0]
+    gray_as_rgb = processor(np.repeat(gray[..., None], 3, axis=-1), mode="whole")["pixel_values"]
+    for image in (Image.fromarray(gray), gray, gray[..., None], Image.fromarray(gray).convert("LA")):
+        assert torch.equal(processor(image, mode="whole")["pixel_values"], gray_as_rgb)
+
+    palette = Image.fromarray(rgb).convert("P")
+    expected = processor(palette.convert("RGB"), mode="whole")["pixel_values"]
+    assert torch.equal(processor(palette, mode="whole")["pixel_values"], expected)
+
+
+def test_sixteen_bit_inputs(processor) -> None:
+    gray8 = _random_uint8(17, 29, channels=1)[..., 0]
+    expected = processor(gray8, mode="whole")["pixel_values"]
+    gray16 = gray8.astype(np.uint16) * 257  # 16-bit value v * 257 is 8-bit value v
+    assert torch.equal(processor(gray16, mode="whole")["pixel_values"], expected)
+    pil16 = Image.fromarray(gray16)
+    assert pil16.mode == "I;16"
+    assert torch.equal(processor(pil16, mode="whole")["pixel_values"], expected)
+    pil32 = Image.fromarray(gray16.astype(np.int32))
+    assert pil32.mode == "I"
+    assert torch.equal(processor(pil32, mode="whole")["pixel_values"], expected)
+    rgb16 = np.repeat(gray16[..., None], 3, axis=-1)
+    assert torch.equal(processor(rgb16, mode="whole")["pixel_values"], expected)
+
+
+def test_bad_inputs(processor) -> None:
+    with pytest.raises(TypeError, match="Unsupported image type"):
+        processor("not an image")
+    with pytest.raises(ValueError, match="channels"):
+        processor(np.zeros((10, 10, 5), dtype=np.uint8), input_data_format="channels_last")
+    with pytest.raises(ValueError, match="channel axis"):
+        processor(np.zeros((10, 11, 12), dtype=np.uint8))
+    with pytest.raises(ValueError, match="Image 1 of the batch"):
+        processor([np.zeros((4, 4, 3), np.uint8), np.zeros((2, 3, 4, 5, 6), np.uint8)])
+
+
+def test_mixed_size_batches(processor) -> None:
+    images = [_random_uint8(30, 40, seed=1), _random_uint8(64, 31, seed=2), _random_uint8(5, 9, seed=3)]
+    for mode, views in (("whole", 1), ("sliding", 5)):
+        batch = processor(images, mode=mode)
+        singles = [processor(image, mode=mode)["pixel_values"] for image in images]
+        assert batch["pixel_values"].shape == (3 * views, 3, 384, 384)
+        assert torch.equal(batch["pixel_values"], torch.cat(singles))
+        assert batch["original_sizes"].tolist() == [[30, 40], [64, 31], [5, 9]]
+        assert batch["view_layout"].shape == (3, 4)
+    stacked = torch.from_numpy(np.stack([_random_uint8(12, 14, seed=s) for s in range(2)])).permute(0, 3, 1, 2)
+    out = processor(stacked, mode="whole")  # a 4-D tensor is a batch
+    assert out["pixel_values"].shape == (2, 3, 384, 384) and out["original_sizes"].tolist() == [[12, 14]] * 2
+
+
+def test_zero_to_one_float_images_warn(processor, caplog) -> None:
+    import logging
+
+    # warning_once caches per process; forget earlier emissions so the test does not depend on test order.
+    if hasattr(ipmod.logger.warning_once, "cache_clear"):
+        ipmod.logger.warning_once.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        processor(torch.rand(3, 8, 8), mode="whole")
+    assert "0-255" in caplog.text
+
+
+def test_numpy_return_tensors(processor) -> None:
+    out = processor(_random_uint8(10, 12), return_tensors="np")
+    assert isinstance(out["pixel_values"], np.ndarray) and out["pixel_values"].dtype == np.float32
+    assert out["original_sizes"].dtype == np.int64
+
+
+# ------------------------------------------------------------------------------------------------- post-processing
+def _fake_logits(num_views: int, num_classes: int, seed: int = 0, size: int = 24) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(num_views, num_classes, size, size, generator=generator) * 3
+
+
+def test_post_processing_mixed_batch_and_defaults(processor) -> None:
+    images = [_random_uint8(30, 40), _random_uint8(50, 20)]
+    sliding = processor(images)
+    whole = processor(images, mode="whole")
+    for inputs, num_views in ((sliding, 10), (whole, 2)):
+        outputs = {"logits": _fake_logits(num_views, 7), **{k: inputs[k] for k in ("original_sizes", "view_layout")}}
+        maps = processor.post_process_semantic_segmentation(outputs)
+        assert [tuple(m.shape) for m in maps] == [(30, 40), (50, 20)]
+        assert all(m.dtype == torch.int64 and m.min() >= 0 and m.max() < 7 for m in maps)
+        resized = processor.post_process_semantic_segmentation(outputs, target_sizes=torch.tensor([[8, 9], [10, 11]]))
+        assert [tuple(m.shape) for m in resized] == [(8, 9), (10, 11)]
+        with_probs = processor.post_process_semantic_segmentation(outputs, return_probabilities=True)
+        assert with_probs[1]["probabilities"].shape == (7, 50, 20)
+        assert with_probs[1]["probabilities"].dtype == torch.float32
+        assert torch.equal(with_probs[1]["segmentation"], maps[1])
+
+
+def test_post_processing_accepts_objects_and_missing_layout(processor) -> None:
+    class Output:
+        def __init__(self, logits):
+            self.logits = logits
+
+    logits = _fake_logits(3, 4)
+    maps = processor.post_process_semantic_segmentation(Output(logits))
+    assert len(maps) == 3 and maps[0].shape == (24, 24)  # whole mode, logits size by default
+    assert torch.equal(maps[0], logits[0].argmax(0))
+    maps = processor.post_process_semantic_segmentation(logits, target_sizes=[(5, 6)] * 3)
+    assert maps[2].shape == (5, 6)
+    with pytest.raises(ValueError, match="target_sizes has 1 entries"):
+        processor.post_process_semantic_segmentation(logits, target_sizes=[(5, 6)])
+    with pytest.raises(ValueError, match="describes 5 views but logits has 3 rows"):
+        processor.post_process_semantic_segmentation(
+            {"logits": logits, "original_sizes": [[10, 10]], "view_layout": [SLIDING_LAYOUT]}
+        )
+    with pytest.raises(ValueError, match="one row per image"):
+        processor.post_process_semantic_segmentation(logits[:1], target_sizes=(5, 6))
+    with pytest.raises(ValueError, match="needs the model's `logits`"):
+        processor.post_process_semantic_segmentation({"original_sizes": [[10, 10]]})
+
+
+def test_post_processing_chunking_is_exact(processor, monkeypatch) -> None:
+    # 300 classes; the first 10 dropped by top-k (-100) in the global view, as the model reports them. A small valid
+    # sliding layout keeps the test fast: the arithmetic does not depend on the sizes.
+    layout = [96, 96, 64, 32]
+    logits = _fake_logits(5 + 1, 300, seed=3)
+    logits[4, :10] = -100.0
+    outputs = {
+        "logits": logits,
+        "original_sizes": torch.tensor([[37, 53], [20, 30]]),
+        "view_layout": torch.tensor([layout, [0, 0, 0, 0]]),
+    }
+    full = processor.post_process_semantic_segmentation(outputs, return_probabilities=True)
+    # Smallest chunks: 64 classes, so 300 classes run as 64 + 64 + 64 + 64 + 44.
+    monkeypatch.setattr(ipmod, "_POSTPROCESS_CHUNK_ELEMENTS", 1)
+    chunked_probs = processor.post_process_semantic_segmentation(outputs, return_probabilities=True)
+    chunked_labels = processor.post_process_semantic_segmentation(outputs)
+    for a, b, labels in zip(full, chunked_probs, chunked_labels):
+        assert torch.equal(a["probabilities"], b["probabilities"])
+        assert torch.equal(a["segmentation"], labels)
+        assert torch.equal(a["probabilities"].argmax(0), labels)
+
+
+# ------------------------------------------------------------------------------------------------------ save / load
+def test_save_and_load(tmp_path: Path) -> None:
+    processor = CATSegImageProcessor(clip_resolution=336, mode="whole", sliding_stride=128)
+    processor.save_pretrained(tmp_path)
+    for loaded in (CATSegImageProcessor.from_pretrained(tmp_path), AutoImageProcessor.from_pretrained(tmp_path)):
+        assert isinstance(loaded, CATSegImageProcessor)
+        for key in ("clip_resolution", "mode", "sliding_stride", "sliding_canvas_size", "image_mean", "image_std"):
+            assert getattr(loaded, key) == getattr(processor, key), key
+    overridden = CATSegImageProcessor.from_pretrained(tmp_path, mode="sliding")
+    assert overridden.mode == "sliding"
+    image = _random_uint8(20, 30)
+    assert torch.equal(
+        AutoImageProcessor.from_pretrained(tmp_path)(image)["pixel_values"], processor(image)["pixel_values"]
+    )
