@@ -33,5 +33,11 @@ AutoProcessor.register(CATSegConfig, CATSegProcessor, exist_ok=True)
 CATSegImageProcessor.register_for_auto_class("AutoImageProcessor")
 CATSegProcessor.register_for_auto_class("AutoProcessor")
 
+# Pipelines: the "zero-shot-image-segmentation" task, and CATSegModel for the built-in "image-segmentation" one.
+from .pipelines import ZeroShotImageSegmentationPipeline, register_pipelines, set_default_vocabulary  # noqa: E402
+
+register_pipelines()
+
 __all__ = ["CATSegConfig", "CATSegModel", "CATSegOutput", "CATSegPreTrainedModel"]
 __all__ += ["CATSegImageProcessor", "CATSegProcessor", "build_clip_tokenizer"]
+__all__ += ["ZeroShotImageSegmentationPipeline", "set_default_vocabulary"]

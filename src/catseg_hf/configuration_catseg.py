@@ -75,6 +75,11 @@ class CATSegConfig(PretrainedConfig):
             0 disables chunking.
         text_batch_size (`int`, *optional*, defaults to 256):
             Class-name prompts are encoded by the text tower in batches of this size.
+        default_class_input_ids (`list`, *optional*):
+            Token ids `(T, P, L)` of a default vocabulary (whose names are `id2label`), used when a call gives neither
+            `input_ids` nor `class_embeddings` (e.g. by transformers' `image-segmentation` pipeline).
+        default_class_attention_mask (`list`, *optional*):
+            The attention mask of `default_class_input_ids`.
     """
 
     model_type = "catseg"
@@ -108,6 +113,8 @@ class CATSegConfig(PretrainedConfig):
         size_divisibility: int = 32,
         class_chunk_size: int = 64,
         text_batch_size: int = 256,
+        default_class_input_ids: list | None = None,
+        default_class_attention_mask: list | None = None,
         initializer_range: float = 0.02,
         **kwargs: Any,
     ):
@@ -144,6 +151,8 @@ class CATSegConfig(PretrainedConfig):
         self.size_divisibility = size_divisibility
         self.class_chunk_size = class_chunk_size
         self.text_batch_size = text_batch_size
+        self.default_class_input_ids = default_class_input_ids
+        self.default_class_attention_mask = default_class_attention_mask
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
         self.validate()

@@ -826,8 +826,17 @@ class CATSegModel(CATSegPreTrainedModel):
                 f"pixel_values must be a (batch, 3, height, width) tensor, got {shape}; use CATSegProcessor to prepare images."
             )
         if class_embeddings is None:
+            if input_ids is None and self.config.default_class_input_ids is not None:
+                input_ids = torch.tensor(self.config.default_class_input_ids, dtype=torch.long, device=self.device)
+                if self.config.default_class_attention_mask is not None:
+                    attention_mask = torch.tensor(
+                        self.config.default_class_attention_mask, dtype=torch.long, device=self.device
+                    )
             if input_ids is None:
-                raise ValueError("Give the class names as `input_ids` (from CATSegProcessor) or as `class_embeddings`.")
+                raise ValueError(
+                    "Give the class names as `input_ids` (from CATSegProcessor) or as `class_embeddings`, or store a "
+                    "default vocabulary in the config (catseg_hf.pipelines.set_default_vocabulary)."
+                )
             class_embeddings = self.get_class_embeddings(input_ids, attention_mask)
         batch = pixel_values.shape[0]
         if class_embeddings.dim() == 3:

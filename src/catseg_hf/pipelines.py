@@ -1,0 +1,415 @@
+"""Inference pipelines for CAT-Seg.
+
+Two ways to segment an image with transformers' `pipeline(...)` once `catseg_hf` is imported:
+
+- the `"zero-shot-image-segmentation"` task (registered here), where every call names its own classes:
+
+  ```python
+  segmenter = pipeline("zero-shot-image-segmentation", model="catseg-base")
+  segmenter("room.jpg", candidate_labels=["wall", "floor", "sofa"])
+  ```
+
+- transformers' built-in `"image-segmentation"` task, for a model folder that carries a default vocabulary (see
+  [`set_default_vocabulary`]): that pipeline gives the model images only, so the class names must live in the model.
+
+Both return the `image-segmentation` pipeline's semantic format: for each image, one
+`{"score": None, "label": str, "mask": PIL.Image}` per class present in the prediction, in class order, with "L"
+masks (255 inside the class, 0 elsewhere) at the original image size. The masks of one image partition it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoModel, AutoModelForSemanticSegmentation, Pipeline
+from transformers.image_utils import load_image
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.utils import logging
+
+from .configuration_catseg import CATSegConfig
+from .modeling_catseg import CATSegModel
+
+
+logger = logging.get_logger(__name__)
+
+ZERO_SHOT_IMAGE_SEGMENTATION_TASK = "zero-shot-image-segmentation"
+
+# Keyword arguments that transformers' `pipeline()` forwards to every pipeline class although they are not pipeline
+# parameters (they were used for loading); they must not trigger the "unknown argument" warning.
+_LOADING_ARGUMENTS = frozenset({"local_files_only"})
+
+
+class _ImageGroup:
+    """Images that go through the model together: one call of preprocess/forward/postprocess for several images.
+
+    transformers' own batching stacks the preprocessed tensors of several inputs along dimension 0 and splits the
+    model outputs the same way. That does not fit CAT-Seg: a sliding-window image is several rows of `pixel_values`
+    (its tiles plus a global view) and the class token ids are shared by all images. The CATSeg processor batches
+    natively instead, so a batch is handed through the pipeline as one input of this type.
+    """
+
+    def __init__(self, images: list[Any]) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class ZeroShotImageSegmentationPipeline(Pipeline):
+    """
+    Open-vocabulary semantic segmentation with CAT-Seg: every pixel of the image gets one of the candidate labels.
+
+    Example:
+
+    ```python
+    >>> import catseg_hf  # registers the task
+    >>> from transformers import pipeline
+
+    >>> segmenter = pipeline("zero-shot-image-segmentation", model="catseg-base")
+    >>> segments = segmenter("room.jpg", candidate_labels=["wall", "floor", "sofa"])
+    >>> [(segment["label"], segment["mask"].size) for segment in segments]
+    [('wall', (640, 480)), ('floor', (640, 480)), ('sofa', (640, 480))]
+    ```
+
+    The model and its [`CATSegProcessor`] (image processor and CLIP tokenizer) are loaded from the model folder or
+    Hub repository. The class-name text embeddings are cached by the model, so repeated calls with the same labels
+    only run the image side.
+
+    This pipeline can be loaded from [`pipeline`] with the task identifier `"zero-shot-image-segmentation"` after
+    `import catseg_hf`.
+    """
+
+    _load_processor = True
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Token ids of the last labels used: (labels, templates) -> tensors.
+        self._text_cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
+        super().__init__(*args, **kwargs)
+        if self.processor is None or not hasattr(self.processor, "encode_class_names"):
+            raise ValueError(
+                "The zero-shot-image-segmentation pipeline needs a CATSegProcessor (image processor + CLIP tokenizer), "
+                f"got {type(self.processor).__name__}. Load the model from a folder saved with its processor, or pass "
+                "processor=CATSegProcessor.from_pretrained(...)."
+            )
+
+    # ------------------------------------------------------------------------------------------------- parameters
+    def _sanitize_parameters(
+        self,
+        candidate_labels: Sequence[str] | None = None,
+        prompt_templates: Sequence[str] | str | None = None,
+        mode: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        unknown = sorted(set(kwargs) - _LOADING_ARGUMENTS)
+        if unknown:
+            logger.warning(
+                f"zero-shot-image-segmentation ignores the unknown arguments {unknown}; its arguments are "
+                "candidate_labels, prompt_templates, mode, timeout and batch_size."
+            )
+        # Only what the caller gave goes into the dictionaries, so that call arguments override construction ones
+        # and the method defaults apply otherwise.
+        preprocess_params: dict[str, Any] = {}
+        if candidate_labels is not None:
+            preprocess_params["candidate_labels"] = candidate_labels
+        if prompt_templates is not None:
+            preprocess_params["prompt_templates"] = prompt_templates
+        if mode is not None:
+            preprocess_params["mode"] = mode
+        if timeout is not None:
+            preprocess_params["timeout"] = timeout
+        return preprocess_params, {}, {}
+
+    # ------------------------------------------------------------------------------------------------- call
+    def __call__(self, images: Any = None, candidate_labels: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """
+        Segment one image or a list of images into the candidate labels.
+
+        Args:
+            images (`str`, `os.PathLike`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, or a list of them):
+                Local paths, HTTP(S) URLs, PIL images, or arrays on the 0-255 scale (HWC or CHW; a 4-D array is a
+                list of images). A list may mix sizes.
+            candidate_labels (`list[str]`):
+                The class names, in label order. A name `"a, b"` lists synonyms of one class (the text encoder sees
+                the first one). Optional when the model carries a default vocabulary (see [`set_default_vocabulary`]).
+            prompt_templates (`list[str]`, *optional*):
+                Templates with one `{}` each (default: the processor's, i.e. the model's). The model was trained with a
+                fixed number of templates; give that many.
+            mode (`str`, *optional*):
+                `"sliding"` (default; the protocol of the paper) or `"whole"` (one view per image, faster).
+            batch_size (`int`, *optional*):
+                Images per model call for a list input (default: the pipeline's `batch_size`, else 1). Datasets and
+                generators are streamed one image at a time.
+            timeout (`float`, *optional*):
+                Seconds to wait for an image URL.
+
+        Returns:
+            For one image, a list with one dict per class present in the prediction, in label order:
+
+            - **score** (`None`) -- CAT-Seg gives no per-segment confidence (the `image-segmentation` convention for
+              semantic segmentation).
+            - **label** (`str`) -- the candidate label.
+            - **mask** (`PIL.Image.Image`) -- an "L" image at the original image size, 255 where the label wins and 0
+              elsewhere. The masks of one image do not overlap and cover it.
+
+            For a list of images, a list of such lists.
+        """
+        if images is None:
+            images = kwargs.pop("inputs", None)
+        if images is None:
+            raise ValueError("Give an image (a path, URL, PIL image or array) or a list of images to segment.")
+        if candidate_labels is not None:
+            kwargs["candidate_labels"] = candidate_labels
+        batch_size = kwargs.pop("batch_size", None) or self._batch_size or 1
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+
+        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+            images = list(images)
+        if isinstance(images, (list, tuple)):
+            images = list(images)
+            if not images:
+                return []
+            groups = [_ImageGroup(images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
+            # One pipeline item per group; each gives back one result list per image.
+            results = super().__call__(groups, batch_size=1, **kwargs)
+            return [annotation for group in results for annotation in group]
+        # A single image, or a dataset / generator of images, streamed one at a time (transformers' batching of
+        # streamed inputs would stack the views of different images; see _ImageGroup).
+        return super().__call__(images, batch_size=1, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------- stages
+    def preprocess(
+        self,
+        image: Any,
+        candidate_labels: Sequence[str] | None = None,
+        prompt_templates: Sequence[str] | str | None = None,
+        mode: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        is_group = isinstance(image, _ImageGroup)
+        images = [_load(item, timeout) for item in (image.images if is_group else [image])]
+
+        if candidate_labels is None:
+            labels = self._default_labels()
+            if prompt_templates is not None:
+                raise ValueError(
+                    "prompt_templates only apply to candidate_labels: the model's default vocabulary was tokenised "
+                    "when it was stored. Pass candidate_labels=[...] together with prompt_templates."
+                )
+            # No token ids: the model uses the ones stored with its default vocabulary.
+            text_inputs: dict[str, torch.Tensor] = {}
+        elif isinstance(candidate_labels, str):
+            raise ValueError(
+                f"candidate_labels must be a list of class names, got the single string {candidate_labels!r}. Pass "
+                "e.g. ['wall', 'floor'] (a name 'a, b' lists synonyms of ONE class, so a string is not split)."
+            )
+        else:
+            labels = list(candidate_labels)
+            text_inputs = self._encode_labels(labels, prompt_templates)
+
+        model_inputs: dict[str, Any] = dict(self.processor.image_processor(images, mode=mode, return_tensors="pt"))
+        model_inputs.update(text_inputs)
+        model_inputs["candidate_labels"] = labels
+        model_inputs["is_group"] = is_group
+        return model_inputs
+
+    def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+        labels = model_inputs.pop("candidate_labels")
+        is_group = model_inputs.pop("is_group")
+        outputs = self.model(**model_inputs)
+        # Only what post-processing reads comes back to the CPU (not, e.g., the class embeddings).
+        return {
+            "logits": outputs.logits,
+            "original_sizes": model_inputs["original_sizes"],
+            "view_layout": model_inputs["view_layout"],
+            "candidate_labels": labels,
+            "is_group": is_group,
+        }
+
+    def postprocess(self, model_outputs: dict[str, Any]) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
+        labels = model_outputs["candidate_labels"]
+        # Without target sizes the label maps come at the original image sizes the processor recorded.
+        label_maps = self.processor.post_process_semantic_segmentation(model_outputs)
+        annotations = [label_map_to_annotations(label_map, labels) for label_map in label_maps]
+        return annotations if model_outputs["is_group"] else annotations[0]
+
+    # ------------------------------------------------------------------------------------------------- helpers
+    def _encode_labels(
+        self, labels: Sequence[str], prompt_templates: Sequence[str] | str | None
+    ) -> dict[str, torch.Tensor]:
+        """Token ids of the labels, kept for the next call: a list of images reuses them without re-tokenising."""
+        templates = (prompt_templates,) if isinstance(prompt_templates, str) else prompt_templates
+        key = (tuple(labels), None if templates is None else tuple(templates))
+        if self._text_cache is not None and self._text_cache[0] == key:
+            return self._text_cache[1]
+        encoded = self.processor.encode_class_names(labels, prompt_templates=prompt_templates, return_tensors="pt")
+        text_inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        self._text_cache = (key, text_inputs)
+        return text_inputs
+
+    def _default_labels(self) -> list[str]:
+        config = self.model.config
+        if getattr(config, "default_class_input_ids", None) is None:
+            raise ValueError(
+                "Give the classes to segment: candidate_labels=['wall', 'floor', ...]. (This model stores no default "
+                "vocabulary; catseg_hf.pipelines.set_default_vocabulary adds one.)"
+            )
+        return default_vocabulary(config)
+
+
+def _load(image: Any, timeout: float | None) -> Any:
+    """An image the CATSeg image processor takes: paths and URLs are opened (EXIF orientation applied) as RGB."""
+    if isinstance(image, os.PathLike):
+        image = os.fspath(image)
+    if isinstance(image, (str, Image.Image)):
+        return load_image(image, timeout=timeout)
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        return image
+    raise TypeError(
+        f"Cannot segment an input of type {type(image).__name__}: give a local path, an HTTP(S) URL, a PIL image, "
+        "or a numpy array / torch tensor on the 0-255 scale."
+    )
+
+
+def label_map_to_annotations(label_map: torch.Tensor | np.ndarray, labels: Sequence[str]) -> list[dict[str, Any]]:
+    """The `image-segmentation` pipeline's semantic output for one label map.
+
+    Args:
+        label_map: an integer `(height, width)` map of class ids (indices into `labels`).
+        labels: the class names.
+
+    Returns:
+        One `{"score": None, "label": name, "mask": PIL "L" image (0/255)}` per class id present, in id order.
+    """
+    segmentation = label_map.cpu().numpy() if isinstance(label_map, torch.Tensor) else np.asarray(label_map)
+    annotations = []
+    for class_id in np.unique(segmentation):
+        mask = (segmentation == class_id).astype(np.uint8) * np.uint8(255)
+        annotations.append({"score": None, "label": labels[int(class_id)], "mask": Image.fromarray(mask)})
+    return annotations
+
+
+def default_vocabulary(config: Any) -> list[str]:
+    """The class names of a model's default vocabulary (`config.id2label` in id order); empty if it has none.
+
+    Raises:
+        ValueError: if the stored token ids and `id2label` disagree on the number of classes.
+    """
+    ids = getattr(config, "default_class_input_ids", None)
+    if ids is None:
+        return []
+    id2label = {int(key): value for key, value in (getattr(config, "id2label", None) or {}).items()}
+    names = [id2label.get(index) for index in range(len(ids))]
+    if None in names or len(id2label) != len(ids):
+        raise ValueError(
+            f"The model's default vocabulary has token ids for {len(ids)} classes but id2label has {len(id2label)} "
+            "entries (ids 0..N-1 expected); store it again with catseg_hf.pipelines.set_default_vocabulary."
+        )
+    return names
+
+
+def set_default_vocabulary(
+    model: Any,
+    processor: Any,
+    class_names: Sequence[str],
+    prompt_templates: Sequence[str] | str | None = None,
+) -> None:
+    """Stores a default vocabulary in a CAT-Seg model, for calls that name no classes.
+
+    transformers' `image-segmentation` pipeline (and `CATSegModel(pixel_values=...)` without `input_ids`) give the
+    model images only; with a default vocabulary the model segments into these classes. The vocabulary lives in
+    the config, so `model.save_pretrained(folder)` writes a self-contained folder:
+
+    - `id2label` / `label2id`: the class names (the `image-segmentation` pipeline reads its labels there);
+    - `default_class_input_ids` / `default_class_attention_mask`: the tokenised prompts `(T, P, L)`, cut after the
+      longest prompt (CLIP's text tower is causal and read at the end-of-text token, so the padding after it never
+      changes the embeddings, and config.json stays small);
+    - `auto_map["AutoModelForSemanticSegmentation"]`, and the model/config classes registered for the Auto classes,
+      so that the saved folder also loads in `pipeline("image-segmentation", model=folder, trust_remote_code=True)`
+      where catseg_hf is not installed.
+
+    Args:
+        model: a `CATSegModel` (changed in place).
+        processor: its `CATSegProcessor` (tokenizer and default prompt templates).
+        class_names (`list[str]`): the class names in label-id order (a name `"a, b"` lists synonyms of one class).
+        prompt_templates (`list[str]`, *optional*): default: the processor's.
+
+    Raises:
+        ValueError: for invalid class names or templates, or a number of templates the model was not built for.
+    """
+    config = model.config
+    if isinstance(class_names, str):
+        raise ValueError(
+            f"class_names must be a list of names, got the single string {class_names!r}; pass e.g. "
+            "['wall', 'floor', 'sofa']."
+        )
+    names = list(class_names)
+    encoded = processor.encode_class_names(names, prompt_templates=prompt_templates, return_tensors="pt")
+    input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
+    expected = config.num_prompt_templates
+    if input_ids.shape[1] != expected:
+        raise ValueError(
+            f"The model was built for {expected} prompt template(s) per class, got {input_ids.shape[1]}; pass "
+            f"{expected} template(s) (the model's are {list(config.prompt_templates)})."
+        )
+    # Prompts are right-padded, so the longest prompt's length bounds every real token.
+    length = int(attention_mask.sum(dim=-1).max())
+    config.default_class_input_ids = input_ids[..., :length].tolist()
+    config.default_class_attention_mask = attention_mask[..., :length].tolist()
+    config.id2label = dict(enumerate(names))
+    config.label2id = {name: index for index, name in enumerate(names)}
+
+    # `save_pretrained` copies the code of classes registered for an Auto class into the folder (as the converter
+    # does); the extra auto_map entry lets transformers' `image-segmentation` pipeline find the model class there.
+    model_class = type(model)
+    if getattr(model_class, "_auto_class", None) is None:
+        model.register_for_auto_class("AutoModel")
+    if getattr(type(config), "_auto_class", None) is None:
+        config.register_for_auto_class()
+    auto_map = dict(getattr(config, "auto_map", None) or {})
+    auto_map["AutoModelForSemanticSegmentation"] = f"{model_class.__module__.rsplit('.', 1)[-1]}.{model_class.__name__}"
+    config.auto_map = auto_map
+
+
+def register_pipelines() -> None:
+    """Registers CAT-Seg with transformers' pipelines (run on `import catseg_hf`; calling it again is harmless).
+
+    - the `"zero-shot-image-segmentation"` task, implemented by [`ZeroShotImageSegmentationPipeline`];
+    - `CATSegModel` as an `AutoModelForSemanticSegmentation`, which the built-in `"image-segmentation"` pipeline
+      loads models with.
+    """
+    registered = PIPELINE_REGISTRY.supported_tasks.get(ZERO_SHOT_IMAGE_SEGMENTATION_TASK)
+    # A second registration would log transformers' "already registered, overwriting" warning.
+    if registered is None or registered.get("impl") is not ZeroShotImageSegmentationPipeline:
+        PIPELINE_REGISTRY.register_pipeline(
+            ZERO_SHOT_IMAGE_SEGMENTATION_TASK,
+            pipeline_class=ZeroShotImageSegmentationPipeline,
+            pt_model=AutoModel,
+            type="multimodal",
+        )
+    AutoModelForSemanticSegmentation.register(CATSegConfig, CATSegModel, exist_ok=True)
+    # The image-segmentation pipeline checks the model's class name against the static name tables only (not against
+    # Auto-class registrations) and logs an error "model not supported" otherwise. The entry is only ever read by
+    # name: lookups of CATSegConfig in the Auto mapping are answered by the registration above, and the table's
+    # "catseg" key is skipped when iterating it because transformers' own config table has no "catseg" type.
+    MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(CATSegConfig.model_type, CATSegModel.__name__)
+
+
+__all__ = [
+    "ZERO_SHOT_IMAGE_SEGMENTATION_TASK",
+    "ZeroShotImageSegmentationPipeline",
+    "default_vocabulary",
+    "label_map_to_annotations",
+    "register_pipelines",
+    "set_default_vocabulary",
+]
