@@ -37,8 +37,6 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     model = CATSegModel(CATSegConfig.from_preset(args.variant)).eval()
-    model.register_for_auto_class("AutoModel")
-    model.config.register_for_auto_class()
     model.save_pretrained(args.output)
     bpe = Path(args.bpe) if args.bpe else default_bpe_path()
     if bpe is not None:

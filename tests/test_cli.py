@@ -10,22 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from catseg_hf import CATSegModel, CATSegProcessor
-from catseg_hf.cli import expand_inputs, main, palette, parse_labels
-from catseg_hf.testing_utils import tiny_catseg_config
 
-def save_tiny_model(folder: Path, bpe_path: Path) -> Path:
-    """A random tiny CAT-Seg folder as the converter writes it (model, code, processor)."""
-    torch.manual_seed(0)
-    model = CATSegModel(tiny_catseg_config()).eval()
-    model.register_for_auto_class("AutoModel")
-    model.config.register_for_auto_class()
-    model.save_pretrained(folder)
-    CATSegProcessor.from_model_config(model.config, bpe_path).save_pretrained(folder)
-    return folder
+from catseg_hf.cli import expand_inputs, main, palette, parse_labels
+from catseg_hf.testing_utils import save_tiny_model_folder
+
 
 
 def write_image(path: Path, height: int, width: int, seed: int) -> Path:
@@ -36,7 +26,7 @@ def write_image(path: Path, height: int, width: int, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, bpe_path):
-    return save_tiny_model(tmp_path_factory.mktemp("catseg-tiny"), bpe_path)
+    return save_tiny_model_folder(tmp_path_factory.mktemp("catseg-tiny"), bpe_path)
 
 
 def run_cli(*args: str) -> int:

@@ -22,11 +22,11 @@ import pytest
 import torch
 from PIL import Image
 
-from catseg_hf import CATSegImageProcessor, CATSegModel, CATSegProcessor, build_clip_tokenizer
+from catseg_hf import CATSegModel, CATSegProcessor
 from catseg_hf.data.transforms import resize_shortest_edge
 from catseg_hf.evaluation import StreamingMeanIoU, get_benchmark, load_class_names
 from catseg_hf.evaluation.runner import load_benchmark_data, prepare_label, resolve_data_source
-from catseg_hf.testing_utils import tiny_catseg_config
+from catseg_hf.testing_utils import save_tiny_model_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "evaluate.py"
@@ -42,15 +42,7 @@ VOC_BG_ANNOTATIONS = "VOCdevkit/VOC2012/annotations_detectron2_bg/val"
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, bpe_path: Path) -> Path:
     """A random tiny CAT-Seg with its processor (tokenizer from the shared BPE file) saved in one folder."""
-    directory = tmp_path_factory.mktemp("tiny_model")
-    torch.manual_seed(0)
-    config = tiny_catseg_config()
-    CATSegModel(config).save_pretrained(directory)
-    processor = CATSegProcessor(
-        CATSegImageProcessor(clip_resolution=config.clip_resolution), build_clip_tokenizer(bpe_path)
-    )
-    processor.save_pretrained(directory)
-    return directory
+    return save_tiny_model_folder(tmp_path_factory.mktemp("tiny_model"), bpe_path)
 
 
 @pytest.fixture(scope="module")

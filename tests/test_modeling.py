@@ -341,8 +341,6 @@ def test_save_load_round_trip_and_auto_classes(tmp_path):
 
 def test_remote_code_loads_without_the_package(tmp_path):
     model = make_model()
-    model.register_for_auto_class("AutoModel")
-    model.config.register_for_auto_class()
     model.save_pretrained(tmp_path)
     assert (tmp_path / "modeling_catseg.py").is_file() and (tmp_path / "configuration_catseg.py").is_file()
     pixel_values, input_ids = random_inputs(model, batch=1, num_classes=3)

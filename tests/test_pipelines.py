@@ -8,7 +8,6 @@ model + processor run by hand, not what is segmented. Most calls use whole mode 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,20 +20,11 @@ from transformers.testing_utils import CaptureLogger
 import catseg_hf  # noqa: F401  (registers the task)
 from catseg_hf import CATSegModel, CATSegProcessor
 from catseg_hf.pipelines import ZeroShotImageSegmentationPipeline, set_default_vocabulary
-from catseg_hf.testing_utils import tiny_catseg_config
+from catseg_hf.testing_utils import save_tiny_model_folder
 
 LABELS = ["wall", "floor", "sofa, couch", "lamp"]
 
 
-def save_tiny_model(folder: Path, bpe_path: Path) -> Path:
-    """A random tiny CAT-Seg folder as the converter writes it (model, code, processor)."""
-    torch.manual_seed(0)
-    model = CATSegModel(tiny_catseg_config()).eval()
-    model.register_for_auto_class("AutoModel")
-    model.config.register_for_auto_class()
-    model.save_pretrained(folder)
-    CATSegProcessor.from_model_config(model.config, bpe_path).save_pretrained(folder)
-    return folder
 
 
 def random_image(height: int, width: int, seed: int) -> Image.Image:
@@ -63,7 +53,7 @@ def check_annotations(annotations, size, candidates):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, bpe_path):
-    return save_tiny_model(tmp_path_factory.mktemp("catseg-tiny"), bpe_path)
+    return save_tiny_model_folder(tmp_path_factory.mktemp("catseg-tiny"), bpe_path)
 
 
 @pytest.fixture(scope="module")

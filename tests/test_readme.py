@@ -13,12 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from catseg_hf import CATSegModel, CATSegProcessor
 from catseg_hf.cli import main as cli_main
-from catseg_hf.testing_utils import tiny_catseg_config
+from catseg_hf.testing_utils import save_tiny_model_folder
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION_TITLE = "## Inference"
@@ -53,14 +51,8 @@ def section() -> str:
 def workdir(tmp_path_factory, bpe_path) -> Path:
     """A directory holding `catseg-base` (tiny random model) and `room.jpg`, as the examples expect."""
     folder = tmp_path_factory.mktemp("readme")
-    torch.manual_seed(0)
-    model = CATSegModel(tiny_catseg_config()).eval()
-    model.register_for_auto_class("AutoModel")
-    model.config.register_for_auto_class()
-    model.save_pretrained(folder / "catseg-base")
-    processor = CATSegProcessor.from_model_config(model.config, bpe_path)
-    processor.image_processor.mode = "whole"  # one view per image: the examples run as written, only faster
-    processor.save_pretrained(folder / "catseg-base")
+    # Whole mode: one view per image, so the examples run as written, only faster.
+    save_tiny_model_folder(folder / "catseg-base", bpe_path, mode="whole")
     pixels = np.random.RandomState(0).randint(0, 256, (48, 64, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(folder / "room.jpg")
     return folder

@@ -16,8 +16,8 @@ AutoConfig.register(CATSegConfig.model_type, CATSegConfig, exist_ok=True)
 AutoModel.register(CATSegConfig, CATSegModel, exist_ok=True)
 
 # Processing classes. Registered for both image-processor backends, since ours does its own torch arithmetic whatever
-# backend transformers picks; `register_for_auto_class` makes `save_pretrained` copy the processing files into the
-# folder, so that it also loads with `trust_remote_code=True` where catseg_hf is not installed.
+# backend transformers picks. (Each class's `_auto_class` makes `save_pretrained` copy its file into the folder, so
+# that the folder also loads with `trust_remote_code=True` where catseg_hf is not installed.)
 from transformers import AutoImageProcessor, AutoProcessor  # noqa: E402
 
 from .image_processing_catseg import CATSegImageProcessor  # noqa: E402
@@ -30,8 +30,6 @@ AutoImageProcessor.register(
     exist_ok=True,
 )
 AutoProcessor.register(CATSegConfig, CATSegProcessor, exist_ok=True)
-CATSegImageProcessor.register_for_auto_class("AutoImageProcessor")
-CATSegProcessor.register_for_auto_class("AutoProcessor")
 
 # Pipelines: the "zero-shot-image-segmentation" task, and CATSegModel for the built-in "image-segmentation" one.
 from .pipelines import ZeroShotImageSegmentationPipeline, register_pipelines, set_default_vocabulary  # noqa: E402

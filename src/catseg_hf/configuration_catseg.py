@@ -83,6 +83,8 @@ class CATSegConfig(PretrainedConfig):
     """
 
     model_type = "catseg"
+    # Saved folders carry this file and an `auto_map`, so they load with `trust_remote_code=True` anywhere.
+    _auto_class = "AutoConfig"
     sub_configs = {"clip_config": CLIPConfig}
 
     def __init__(

@@ -371,8 +371,6 @@ def convert_official_checkpoint(
     model.eval()
     if output_dir is not None:
         output_dir = Path(output_dir)
-        model.register_for_auto_class("AutoModel")
-        model.config.register_for_auto_class()
         model.save_pretrained(output_dir)
         if model_card is not None:
             (output_dir / "README.md").write_text(model_card)

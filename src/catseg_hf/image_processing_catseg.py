@@ -90,6 +90,9 @@ class CATSegImageProcessor(BaseImageProcessor):
             Stride of the tiles (the official `int(384 * (1 - 0.333))`). `canvas - tile` must be a multiple of it.
     """
 
+    # Saved folders carry this file and an `auto_map`, so they load with `trust_remote_code=True` anywhere.
+    _auto_class = "AutoImageProcessor"
+
     model_input_names = ["pixel_values", "original_sizes", "view_layout"]
     valid_kwargs = CATSegImageProcessorKwargs
 

@@ -422,10 +422,14 @@ class CATSegUpsampleStage(nn.Module):
 
 def compute_cost_volume(image_embeddings: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
     """Cosine similarity `(B, P, T, H, W)` between dense image embeddings `(B, C, H, W)` and class embeddings
-    `(B, T, P, C)`; both sides are L2-normalised here."""
-    image_embeddings = F.normalize(image_embeddings, dim=1)
-    class_embeddings = F.normalize(class_embeddings, dim=-1)
-    return torch.einsum("bchw,btpc->bpthw", image_embeddings, class_embeddings)
+    `(B, T, P, C)`; both sides are L2-normalised here.
+
+    Always computed in float32, also under autocast: the costs are small numbers whose differences decide the
+    segmentation, and this step is a negligible part of the work."""
+    with torch.autocast(image_embeddings.device.type, enabled=False):
+        image_embeddings = F.normalize(image_embeddings.float(), dim=1)
+        class_embeddings = F.normalize(class_embeddings.float(), dim=-1)
+        return torch.einsum("bchw,btpc->bpthw", image_embeddings, class_embeddings)
 
 
 class CATSegAggregator(nn.Module):
@@ -572,6 +576,9 @@ class CATSegModel(CATSegPreTrainedModel):
     logits at 4x the CLIP patch grid.
     """
 
+    # Saved folders carry the modelling code and an `auto_map`, so they load with `trust_remote_code=True` anywhere.
+    _auto_class = "AutoModel"
+
     def __init__(self, config: CATSegConfig):
         super().__init__(config)
         self.clip = CLIPModel._from_config(config.clip_config)
@@ -649,7 +656,17 @@ class CATSegModel(CATSegPreTrainedModel):
         key = None
         if use_cache:
             mask_bytes = attention_mask.cpu().numpy().tobytes() if attention_mask is not None else b""
-            key = (tuple(input_ids.shape), input_ids.cpu().numpy().tobytes(), mask_bytes, self._text_weights_version())
+            device_type = input_ids.device.type
+            autocast_state = (
+                (True, torch.get_autocast_dtype(device_type)) if torch.is_autocast_enabled(device_type) else (False,)
+            )
+            key = (
+                tuple(input_ids.shape),
+                input_ids.cpu().numpy().tobytes(),
+                mask_bytes,
+                autocast_state,
+                self._text_weights_version(),
+            )
             cached = self._class_embedding_cache.get(key)
             if cached is not None:
                 self._class_embedding_cache.move_to_end(key)

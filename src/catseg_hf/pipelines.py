@@ -369,13 +369,8 @@ def set_default_vocabulary(
     config.id2label = dict(enumerate(names))
     config.label2id = {name: index for index, name in enumerate(names)}
 
-    # `save_pretrained` copies the code of classes registered for an Auto class into the folder (as the converter
-    # does); the extra auto_map entry lets transformers' `image-segmentation` pipeline find the model class there.
+    # Saved folders carry the modelling code (CATSegModel's `_auto_class`); the extra auto_map entry lets transformers' `image-segmentation` pipeline find the model class there.
     model_class = type(model)
-    if getattr(model_class, "_auto_class", None) is None:
-        model.register_for_auto_class("AutoModel")
-    if getattr(type(config), "_auto_class", None) is None:
-        config.register_for_auto_class()
     auto_map = dict(getattr(config, "auto_map", None) or {})
     auto_map["AutoModelForSemanticSegmentation"] = f"{model_class.__module__.rsplit('.', 1)[-1]}.{model_class.__name__}"
     config.auto_map = auto_map

@@ -54,6 +54,9 @@ class CATSegProcessor(ProcessorMixin):
             Templates with one `{}` each, used when a call gives none. Saved with the processor.
     """
 
+    # Saved folders carry this file and an `auto_map`, so they load with `trust_remote_code=True` anywhere.
+    _auto_class = "AutoProcessor"
+
     def __init__(
         self,
         image_processor: Any,
@@ -70,8 +73,6 @@ class CATSegProcessor(ProcessorMixin):
     def from_model_config(cls, config: Any, bpe_path: Any, **image_processor_kwargs: Any) -> "CATSegProcessor":
         """A processor matching a `CATSegConfig` (CLIP resolution, normalisation, padding, prompt templates), with a
         CLIP tokenizer built offline from a BPE merges file (e.g. `bpe_simple_vocab_16e6.txt.gz`)."""
-        from .image_processing_catseg import CATSegImageProcessor
-
         try:  # inside the package; a saved model folder holds no tokenization module
             from catseg_hf.tokenization import build_clip_tokenizer
         except ImportError as error:  # pragma: no cover - only without the package installed

@@ -67,3 +67,20 @@ def shared_dir() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parents[3] / "shared"
+
+
+def save_tiny_model_folder(
+    folder: str | Path, bpe_path: str | Path, seed: int = 0, config_overrides: dict | None = None, **processor_kwargs: Any
+) -> Path:
+    """A complete random tiny CAT-Seg folder as the converter writes it: model, modelling code, processor and CLIP
+    tokenizer (built from `bpe_path`). `processor_kwargs` go to the image processor (e.g. `mode="whole"`)."""
+    import torch
+
+    from .modeling_catseg import CATSegModel
+    from .processing_catseg import CATSegProcessor
+
+    torch.manual_seed(seed)
+    model = CATSegModel(tiny_catseg_config(**(config_overrides or {}))).eval()
+    model.save_pretrained(folder)
+    CATSegProcessor.from_model_config(model.config, bpe_path, **processor_kwargs).save_pretrained(folder)
+    return Path(folder)
