@@ -138,50 +138,55 @@ class CATSegWindowAttention(nn.Module):
         self.value = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
-    def guidance_terms(self, guidance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The guidance's contribution to queries and keys, `(B, 1, H, W, dim)` each, from guidance `(B, H, W, G)`."""
-        query = F.linear(guidance, self.query.weight[:, self.dim :]).unsqueeze(1)
-        key = F.linear(guidance, self.key.weight[:, self.dim :]).unsqueeze(1)
+    def guidance_terms(self, guidance_windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guidance's contribution to queries and keys, `(B, 1, windows, tokens, dim)` each, from guidance already
+        cut into windows `(B, windows, tokens, G)`."""
+        query = F.linear(guidance_windows, self.query.weight[:, self.dim :]).unsqueeze(1)
+        key = F.linear(guidance_windows, self.key.weight[:, self.dim :]).unsqueeze(1)
         return query, key
 
     def forward(
-        self,
-        hidden: torch.Tensor,
-        guidance_terms: tuple[torch.Tensor, torch.Tensor],
-        window_size: int,
-        shift_size: int,
+        self, windows: torch.Tensor, guidance_terms: tuple[torch.Tensor, torch.Tensor], attention_bias: torch.Tensor | None
     ) -> torch.Tensor:
-        # hidden: (B, T, H, W, dim), already normalised
-        batch, num_classes, height, width, _ = hidden.shape
-        query = F.linear(hidden, self.query.weight[:, : self.dim], self.query.bias) + guidance_terms[0]
-        key = F.linear(hidden, self.key.weight[:, : self.dim], self.key.bias) + guidance_terms[1]
-        value = self.value(hidden)
-
-        def to_windows(tensor: torch.Tensor) -> torch.Tensor:
-            tensor = tensor.reshape(batch * num_classes, height, width, self.dim)
-            if shift_size:
-                tensor = torch.roll(tensor, shifts=(-shift_size, -shift_size), dims=(1, 2))
-            windows = window_partition(tensor, (window_size, window_size))
-            return windows.view(-1, window_size * window_size, self.num_heads, self.head_dim).transpose(1, 2)
-
-        attention_bias = None
-        if shift_size:
-            mask = shifted_window_attention_mask(height, width, window_size, shift_size, hidden.device)
-            windows_per_map = mask.shape[0]
+        """`windows` (B, T, num_windows, tokens, dim): normalised tokens cut into windows; `attention_bias`
+        (num_windows, tokens, tokens) for shifted windows. Returns the projected attention output, same shape."""
+        batch, num_classes, num_windows, tokens, _ = windows.shape
+        query = F.linear(windows, self.query.weight[:, : self.dim], self.query.bias) + guidance_terms[0]
+        key = F.linear(windows, self.key.weight[:, : self.dim], self.key.bias) + guidance_terms[1]
+        value = self.value(windows)
+        heads = (-1, tokens, self.num_heads, self.head_dim)
+        if attention_bias is not None:
             attention_bias = (
-                mask.to(query.dtype)
+                attention_bias.to(query.dtype)
                 .unsqueeze(1)
-                .expand(batch * num_classes, windows_per_map, 1, *mask.shape[1:])
-                .reshape(-1, 1, *mask.shape[1:])
+                .expand(batch * num_classes, num_windows, 1, tokens, tokens)
+                .reshape(-1, 1, tokens, tokens)
             )
         attended = F.scaled_dot_product_attention(
-            to_windows(query), to_windows(key), to_windows(value), attn_mask=attention_bias, scale=self.scale
+            query.view(heads).transpose(1, 2),
+            key.view(heads).transpose(1, 2),
+            value.view(heads).transpose(1, 2),
+            attn_mask=attention_bias,
+            scale=self.scale,
         )
-        attended = attended.transpose(1, 2).reshape(-1, window_size, window_size, self.dim)
-        attended = window_reverse(attended, (window_size, window_size), height, width)
-        if shift_size:
-            attended = torch.roll(attended, shifts=(shift_size, shift_size), dims=(1, 2))
-        return self.proj(attended).view(batch, num_classes, height, width, self.dim)
+        attended = attended.transpose(1, 2).reshape(windows.shape)
+        return self.proj(attended)
+
+
+def _cut_windows(tensor: torch.Tensor, window_size: int, shift_size: int) -> torch.Tensor:
+    """(N, H, W, C) -> (N, windows, window_size**2, C), after the cyclic shift of shifted windows."""
+    if shift_size:
+        tensor = torch.roll(tensor, shifts=(-shift_size, -shift_size), dims=(1, 2))
+    windows = window_partition(tensor, (window_size, window_size))
+    return windows.view(tensor.shape[0], -1, window_size * window_size, tensor.shape[-1])
+
+
+def _merge_windows(windows: torch.Tensor, window_size: int, shift_size: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of `_cut_windows`: (N, windows, window_size**2, C) -> (N, H, W, C)."""
+    merged = window_reverse(windows.reshape(-1, window_size, window_size, windows.shape[-1]), (window_size, window_size), height, width)
+    if shift_size:
+        merged = torch.roll(merged, shifts=(shift_size, shift_size), dims=(1, 2))
+    return merged
 
 
 class CATSegSwinBlock(nn.Module):
@@ -212,9 +217,18 @@ class CATSegSwinBlock(nn.Module):
 
     def forward(self, hidden: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         # hidden: (B, T, H, W, C); guidance: (B, H, W, G), normalised
-        window_size, shift_size = self.window_geometry(*hidden.shape[2:4])
-        guidance_terms = self.attention.guidance_terms(guidance)
-        hidden = hidden + self.attention(self.norm1(hidden), guidance_terms, window_size, shift_size)
+        batch, num_classes, height, width, channels = hidden.shape
+        window_size, shift_size = self.window_geometry(height, width)
+        # Windows are cut from the normalised tokens once (the projections are per token, so they commute with it).
+        windows = _cut_windows(self.norm1(hidden).view(-1, height, width, channels), window_size, shift_size)
+        windows = windows.view(batch, num_classes, *windows.shape[1:])
+        guidance_terms = self.attention.guidance_terms(_cut_windows(guidance, window_size, shift_size))
+        attention_bias = None
+        if shift_size:
+            attention_bias = shifted_window_attention_mask(height, width, window_size, shift_size, hidden.device)
+        attended = self.attention(windows, guidance_terms, attention_bias)
+        attended = _merge_windows(attended.flatten(0, 1), window_size, shift_size, height, width)
+        hidden = hidden + attended.view(hidden.shape)
         return hidden + self.mlp(self.norm2(hidden))
 
 
