@@ -406,3 +406,90 @@ def test_chunked_aggregation_equals_unchunked(num_classes):
     torch.testing.assert_close(actual.logits, expected.logits, atol=1e-5, rtol=0)
     if num_classes > 8:
         assert torch.equal(actual.selected_classes, expected.selected_classes)
+
+
+def reference_aggregator(aggregator, image_embeddings, class_embeddings, decoder_guidance, pooling_size):
+    """The straightforward CAT-Seg aggregator, written from the reference description: guidance concatenated to
+    every class's tokens (and to every pixel's class sequence), explicit class padding, softmax window attention
+    with an explicit shifted-window mask, decoder guidance concatenated per class. Returns (logits, selected)."""
+    from timm.models.swin_transformer import window_partition, window_reverse
+
+    from catseg_hf.modeling_catseg import shifted_window_attention_mask
+
+    cost = compute_cost_volume(image_embeddings, class_embeddings)
+    batch, templates, num_classes, height, width = cost.shape
+    selected = None
+    if num_classes > aggregator.config.pad_len:
+        selected = aggregator.select_classes(cost)
+        cost = torch.stack([cost[b][:, selected[b]] for b in range(batch)])
+        class_embeddings = torch.stack([class_embeddings[b][selected[b]] for b in range(batch)])
+    kept = cost.shape[2]
+    x = aggregator.cost_embedding(cost.transpose(1, 2).reshape(batch * kept, templates, height, width))
+    x = x.view(batch, kept, -1, height, width)  # B, T, C, H, W
+    channels = x.shape[2]
+    appearance = aggregator.appearance_guidance_projection(image_embeddings)  # B, G, H, W
+    text = F.normalize(class_embeddings, dim=-1).mean(dim=2)
+    text = aggregator.text_guidance_projection(text / text.norm(dim=-1, keepdim=True))
+    for layer in aggregator.layers:
+        spatial = layer.spatial_aggregation
+        tokens = x.reshape(batch * kept, channels, height * width).transpose(1, 2)
+        guidance = spatial.guidance_norm(appearance.flatten(2).transpose(1, 2)).repeat_interleave(kept, dim=0)
+        for block in spatial.blocks:
+            window, shift = block.window_geometry(height, width)
+            attention = block.attention
+            hidden = torch.cat([block.norm1(tokens), guidance], dim=-1).view(batch * kept, height, width, -1)
+            if shift:
+                hidden = torch.roll(hidden, (-shift, -shift), dims=(1, 2))
+            windows = window_partition(hidden, (window, window)).view(-1, window * window, hidden.shape[-1])
+            heads = attention.num_heads
+            q = attention.query(windows).unflatten(-1, (heads, -1)).transpose(1, 2) * attention.scale
+            k = attention.key(windows).unflatten(-1, (heads, -1)).transpose(1, 2)
+            v = attention.value(windows[..., :channels]).unflatten(-1, (heads, -1)).transpose(1, 2)
+            scores = q @ k.transpose(-1, -2)
+            if shift:
+                mask = shifted_window_attention_mask(height, width, window, shift, scores.device)
+                scores = (scores.view(-1, mask.shape[0], heads, *mask.shape[1:]) + mask[None, :, None]).flatten(0, 1)
+            out = attention.proj((scores.softmax(-1) @ v).transpose(1, 2).flatten(2))
+            out = window_reverse(out.view(-1, window, window, channels), (window, window), height, width)
+            if shift:
+                out = torch.roll(out, (shift, shift), dims=(1, 2))
+            tokens = tokens + out.reshape(batch * kept, height * width, channels)
+            tokens = tokens + block.mlp(block.norm2(tokens))
+        x = tokens.transpose(1, 2).reshape(batch, kept, channels, height, width)
+        x = explicit_padding_class_aggregation(
+            layer.class_aggregation, x.permute(0, 1, 3, 4, 2), text, pooling_size
+        ).permute(0, 1, 4, 2, 3)
+    features = x.flatten(0, 1)
+    for stage, projection, guidance in zip(
+        aggregator.decoder_stages, aggregator.decoder_guidance_projections, decoder_guidance
+    ):
+        guidance = projection(guidance).repeat_interleave(kept, dim=0)
+        features = stage.convs(torch.cat([stage.upsample(features), guidance], dim=1))
+    logits = aggregator.head(features).view(batch, kept, *features.shape[-2:])
+    if selected is not None:
+        full = torch.full((batch, num_classes, *logits.shape[-2:]), -100.0)
+        for b in range(batch):
+            full[b, selected[b]] = logits[b]
+        logits = full
+    return logits, selected
+
+
+@pytest.mark.parametrize("num_classes", [3, 8, 13])
+@pytest.mark.parametrize("pooling_size", [(1, 1), (2, 2)])
+def test_fast_aggregator_equals_straightforward_reference(num_classes, pooling_size):
+    """Every fast path together (guidance projected once per image/class, exact padding shortcut, channels-last
+    layout, per-view and per-class chunking, windows cut once) against the straightforward computation, for T
+    below, at and above pad_len (8)."""
+    model = make_model(window_size=2, class_chunk_size=2)  # 4x4 grid: shifted windows exercised
+    generator = torch.Generator().manual_seed(num_classes)
+    image_embeddings = torch.randn(2, 16, 4, 4, generator=generator)
+    class_embeddings = F.normalize(torch.randn(2, num_classes, 1, 16, generator=generator), dim=-1)
+    decoder_guidance = (torch.randn(2, 32, 8, 8, generator=generator), torch.randn(2, 16, 16, 16, generator=generator))
+    with torch.no_grad():
+        fast, fast_selected = model.aggregator(image_embeddings, class_embeddings, decoder_guidance, pooling_size)
+        reference, selected = reference_aggregator(
+            model.aggregator, image_embeddings, class_embeddings, decoder_guidance, pooling_size
+        )
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
+    if num_classes > 8:
+        assert torch.equal(fast_selected, selected)
