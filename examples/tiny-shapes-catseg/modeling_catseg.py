@@ -1,0 +1,906 @@
+"""PyTorch CAT-Seg: cost aggregation on CLIP for open-vocabulary semantic segmentation (Cho et al., CVPR 2024)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Mlp
+from timm.models.swin_transformer import window_partition, window_reverse
+from torch import nn
+from transformers import CLIPModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+from .configuration_catseg import CATSegConfig
+
+# Value the reference gives to classes dropped by the top-k class selection; sigmoid(-100) is exactly 0 in float32.
+DROPPED_CLASS_LOGIT = -100.0
+# Additive attention bias between tokens of different regions in a shifted Swin window (the Swin convention).
+SHIFTED_WINDOW_MASK_VALUE = -100.0
+
+
+@dataclass
+class CATSegImageFeatures(ModelOutput):
+    """
+    Image-side features of CAT-Seg.
+
+    Args:
+        dense_embeddings (`torch.FloatTensor` of shape `(batch_size, 1 + h * w, projection_dim)`):
+            Dense CLIP embeddings (class token first) from the modified last vision block, post-LayerNorm and projection.
+        image_embeddings (`torch.FloatTensor` of shape `(batch_size, projection_dim, h, w)`):
+            The same without the class token, as a feature map: the appearance guidance and the cost volume's image side.
+        guidance_taps (`tuple(torch.FloatTensor)`):
+            Outputs of the CLIP vision blocks named by `config.guidance_layer_indices`, each `(batch_size, 1 + h*w, width)`.
+        decoder_guidance (`tuple(torch.FloatTensor)`):
+            The taps without class token, upsampled by the transposed convolutions: `(batch_size, 256, 2h, 2w)` and
+            `(batch_size, 128, 4h, 4w)` for the released models.
+    """
+
+    dense_embeddings: torch.FloatTensor | None = None
+    image_embeddings: torch.FloatTensor | None = None
+    guidance_taps: tuple[torch.FloatTensor, ...] | None = None
+    decoder_guidance: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class CATSegOutput(ModelOutput):
+    """
+    Output of [`CATSegModel`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+            Binary cross-entropy between the logits (resized to the label size) and one-hot labels over all classes.
+        logits (`torch.FloatTensor` of shape `(num_views, num_classes, 4h, 4w)`):
+            Per-class segmentation logits (96x96 for the released models). With more classes than `config.pad_len`,
+            the classes not kept by the top-k selection have logit exactly -100 in that view.
+        class_embeddings (`torch.FloatTensor` of shape `(num_classes, num_templates, projection_dim)`):
+            The L2-normalised class text embeddings that were used.
+        cost_volume (`torch.FloatTensor` of shape `(num_views, num_templates, num_classes, h, w)`, *optional*):
+            Cosine similarities between dense image embeddings and class embeddings, over all classes (returned with
+            `output_intermediates=True`).
+        image_features ([`CATSegImageFeatures`], *optional*):
+            Image-side intermediates (returned with `output_intermediates=True`).
+        selected_classes (`torch.LongTensor` of shape `(num_views, pad_len)`, *optional*):
+            Ids of the classes each view aggregated, when there were more than `config.pad_len` classes.
+        original_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
+            Passed through from the processor for post-processing.
+        view_layout (`torch.LongTensor` of shape `(batch_size, 4)`, *optional*):
+            Passed through from the processor for post-processing (sliding-window layout, zeros for whole images).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    class_embeddings: torch.FloatTensor | None = None
+    cost_volume: torch.FloatTensor | None = None
+    image_features: CATSegImageFeatures | None = None
+    selected_classes: torch.LongTensor | None = None
+    original_sizes: torch.LongTensor | None = None
+    view_layout: torch.LongTensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Layout: inside the aggregator the cost embedding is kept channels-last, (B, T, H, W, C), so that the per-class
+# spatial blocks see (B*T, H, W, C) and the per-pixel class attention sees (B, T, H*W, C) without copies.
+# Guidance enters queries/keys through a concatenation in the reference; since a linear layer of a concatenation
+# is the sum of linear layers of the parts, the guidance part is computed once per image (or per class) and
+# broadcast instead of being repeated for every class (or pixel).
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _class_chunks(num_classes: int, chunk_size: int) -> list[slice]:
+    """Slices over the class axis; `chunk_size <= 0` means one chunk."""
+    if chunk_size <= 0 or chunk_size >= num_classes:
+        return [slice(0, num_classes)]
+    return [slice(start, min(start + chunk_size, num_classes)) for start in range(0, num_classes, chunk_size)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Spatial aggregation: Swin blocks over the cost embedding of each class, guided by the dense image embeddings
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def shifted_window_attention_mask(
+    height: int, width: int, window_size: int, shift_size: int, device: torch.device
+) -> torch.Tensor:
+    """Additive mask `(num_windows, window_size**2, window_size**2)` that keeps a shifted window's attention inside
+    the regions that were contiguous before the cyclic shift."""
+    region_ids = torch.zeros((1, height, width, 1), device=device)
+    bounds = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
+    region = 0
+    for rows in bounds:
+        for cols in bounds:
+            region_ids[:, rows, cols, :] = region
+            region += 1
+    windows = window_partition(region_ids, (window_size, window_size)).reshape(-1, window_size * window_size)
+    different_region = windows.unsqueeze(1) != windows.unsqueeze(2)
+    return torch.zeros(different_region.shape, device=device).masked_fill(different_region, SHIFTED_WINDOW_MASK_VALUE)
+
+
+class CATSegWindowAttention(nn.Module):
+    """Window self-attention whose queries and keys also see the appearance guidance; values are the tokens alone.
+
+    `query`/`key` act on `[token ; guidance]` (as stored in the checkpoints); the guidance half is applied once per
+    image by `guidance_terms`.
+    """
+
+    def __init__(self, dim: int, guidance_dim: int, num_heads: int):
+        super().__init__()
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.query = nn.Linear(dim + guidance_dim, dim)
+        self.key = nn.Linear(dim + guidance_dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def guidance_terms(self, guidance_windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guidance's contribution to queries and keys, `(B, 1, windows, tokens, dim)` each, from guidance already
+        cut into windows `(B, windows, tokens, G)`."""
+        query = F.linear(guidance_windows, self.query.weight[:, self.dim :]).unsqueeze(1)
+        key = F.linear(guidance_windows, self.key.weight[:, self.dim :]).unsqueeze(1)
+        return query, key
+
+    def forward(
+        self, windows: torch.Tensor, guidance_terms: tuple[torch.Tensor, torch.Tensor], attention_bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`windows` (B, T, num_windows, tokens, dim): normalised tokens cut into windows; `attention_bias`
+        (num_windows, tokens, tokens) for shifted windows. Returns the projected attention output, same shape."""
+        batch, num_classes, num_windows, tokens, _ = windows.shape
+        query = F.linear(windows, self.query.weight[:, : self.dim], self.query.bias) + guidance_terms[0]
+        key = F.linear(windows, self.key.weight[:, : self.dim], self.key.bias) + guidance_terms[1]
+        value = self.value(windows)
+        heads = (-1, tokens, self.num_heads, self.head_dim)
+        if attention_bias is not None:
+            attention_bias = (
+                attention_bias.to(query.dtype)
+                .unsqueeze(1)
+                .expand(batch * num_classes, num_windows, 1, tokens, tokens)
+                .reshape(-1, 1, tokens, tokens)
+            )
+        attended = F.scaled_dot_product_attention(
+            query.view(heads).transpose(1, 2),
+            key.view(heads).transpose(1, 2),
+            value.view(heads).transpose(1, 2),
+            attn_mask=attention_bias,
+            scale=self.scale,
+        )
+        attended = attended.transpose(1, 2).reshape(windows.shape)
+        return self.proj(attended)
+
+
+def _cut_windows(tensor: torch.Tensor, window_size: int, shift_size: int) -> torch.Tensor:
+    """(N, H, W, C) -> (N, windows, window_size**2, C), after the cyclic shift of shifted windows."""
+    if shift_size:
+        tensor = torch.roll(tensor, shifts=(-shift_size, -shift_size), dims=(1, 2))
+    windows = window_partition(tensor, (window_size, window_size))
+    return windows.view(tensor.shape[0], -1, window_size * window_size, tensor.shape[-1])
+
+
+def _merge_windows(windows: torch.Tensor, window_size: int, shift_size: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of `_cut_windows`: (N, windows, window_size**2, C) -> (N, H, W, C)."""
+    merged = window_reverse(windows.reshape(-1, window_size, window_size, windows.shape[-1]), (window_size, window_size), height, width)
+    if shift_size:
+        merged = torch.roll(merged, shifts=(shift_size, shift_size), dims=(1, 2))
+    return merged
+
+
+class CATSegSwinBlock(nn.Module):
+    """A pre-norm Swin block (no relative position bias) whose attention is guided by the appearance features."""
+
+    def __init__(self, config: CATSegConfig, shifted: bool):
+        super().__init__()
+        dim = config.hidden_dim
+        self.window_size = config.window_size
+        self.shift_size = config.window_size // 2 if shifted else 0
+        self.norm1 = nn.LayerNorm(dim)
+        self.attention = CATSegWindowAttention(dim, config.appearance_guidance_proj_dim, config.num_attention_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * config.mlp_ratio), act_layer=nn.GELU)
+
+    def window_geometry(self, height: int, width: int) -> tuple[int, int]:
+        # As in Swin: a window as large as the grid covers it whole and is never shifted.
+        if min(height, width) <= self.window_size:
+            window_size, shift_size = min(height, width), 0
+        else:
+            window_size, shift_size = self.window_size, self.shift_size
+        if height % window_size or width % window_size:
+            raise ValueError(
+                f"The {height}x{width} feature grid cannot be split into {window_size}x{window_size} windows; use a "
+                f"clip_resolution whose patch grid is a multiple of config.window_size={self.window_size}."
+            )
+        return window_size, shift_size
+
+    def forward(self, hidden: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        # hidden: (B, T, H, W, C); guidance: (B, H, W, G), normalised
+        batch, num_classes, height, width, channels = hidden.shape
+        window_size, shift_size = self.window_geometry(height, width)
+        # Windows are cut from the normalised tokens once (the projections are per token, so they commute with it).
+        windows = _cut_windows(self.norm1(hidden).view(-1, height, width, channels), window_size, shift_size)
+        windows = windows.view(batch, num_classes, *windows.shape[1:])
+        guidance_terms = self.attention.guidance_terms(_cut_windows(guidance, window_size, shift_size))
+        attention_bias = None
+        if shift_size:
+            attention_bias = shifted_window_attention_mask(height, width, window_size, shift_size, hidden.device)
+        attended = self.attention(windows, guidance_terms, attention_bias)
+        attended = _merge_windows(attended.flatten(0, 1), window_size, shift_size, height, width)
+        hidden = hidden + attended.view(hidden.shape)
+        return hidden + self.mlp(self.norm2(hidden))
+
+
+class CATSegSpatialAggregation(nn.Module):
+    """Two Swin blocks (plain, then shifted) applied to every class slice of the cost embedding independently."""
+
+    def __init__(self, config: CATSegConfig):
+        super().__init__()
+        self.class_chunk_size = config.class_chunk_size
+        self.guidance_norm = nn.LayerNorm(config.appearance_guidance_proj_dim)
+        self.blocks = nn.ModuleList([CATSegSwinBlock(config, shifted=False), CATSegSwinBlock(config, shifted=True)])
+
+    def forward(self, cost_embedding: torch.Tensor, appearance_guidance: torch.Tensor) -> torch.Tensor:
+        # cost_embedding: (B, T, H, W, C); appearance_guidance: (B, H, W, G)
+        guidance = self.guidance_norm(appearance_guidance)
+        chunks = []
+        # Classes never interact here: chunking bounds the memory of the attention and MLP intermediates.
+        for chunk in _class_chunks(cost_embedding.shape[1], self.class_chunk_size):
+            hidden = cost_embedding[:, chunk]
+            for block in self.blocks:
+                hidden = block(hidden, guidance)
+            chunks.append(hidden)
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Class aggregation: linear attention across classes at every pixel, guided by the text embeddings
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class CATSegLinearAttention(nn.Module):
+    """Multi-head linear attention ("Transformers are RNNs", elu + 1 feature map) without output projection.
+
+    There is no positional information, so the result is invariant to the order of the classes. `query`/`key` act
+    on `[token ; text guidance]` as stored in the checkpoints; the guidance half is applied once per class.
+    """
+
+    def __init__(self, dim: int, guidance_dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.dim = dim
+        self.num_heads = num_heads
+        self.eps = eps
+        self.query = nn.Linear(dim + guidance_dim, dim)
+        self.key = nn.Linear(dim + guidance_dim, dim)
+        self.value = nn.Linear(dim, dim)
+
+    def project(self, tokens: torch.Tensor, guidance: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Feature-mapped queries and keys and the values, each `(..., heads, head_dim)`.
+
+        `tokens` (..., T, P, dim) with guidance (..., T, G) shared by the P pixels, or `tokens` (dim,) with
+        guidance (G,) for a single vector."""
+        query_guidance = F.linear(guidance, self.query.weight[:, self.dim :])
+        key_guidance = F.linear(guidance, self.key.weight[:, self.dim :])
+        if tokens.dim() > 1:
+            query_guidance, key_guidance = query_guidance.unsqueeze(-2), key_guidance.unsqueeze(-2)
+        split = (*tokens.shape[:-1], self.num_heads, -1)
+        query = F.linear(tokens, self.query.weight[:, : self.dim], self.query.bias) + query_guidance
+        key = F.linear(tokens, self.key.weight[:, : self.dim], self.key.bias) + key_guidance
+        query = F.elu(query).add_(1.0).view(split)
+        key = F.elu(key).add_(1.0).view(split)
+        return query, key, self.value(tokens).view(split)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        guidance: torch.Tensor,
+        extra_key_value: torch.Tensor | None = None,
+        extra_key_sum: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attends over the classes of `tokens` (B, T, P, dim) separately at each of the P pixels; `guidance` is
+        (B, T, G).
+
+        `extra_key_value` (heads, head_dim, head_dim) and `extra_key_sum` (heads, head_dim) are the summed
+        contributions of further keys/values that are the same at every pixel (the class padding), added exactly.
+        """
+        query, key, value = self.project(tokens, guidance)
+        key_value = torch.einsum("btphd,btphe->bphde", key, value)
+        key_sum = key.sum(dim=1)
+        if extra_key_value is not None:
+            key_value = key_value + extra_key_value
+            key_sum = key_sum + extra_key_sum
+        normaliser = torch.einsum("btphd,bphd->btph", query, key_sum).add_(self.eps)
+        attended = torch.einsum("btphd,bphde->btphe", query, key_value) / normaliser.unsqueeze(-1)
+        return attended.flatten(-2)
+
+
+class CATSegClassAggregation(nn.Module):
+    """Pre-norm transformer layer across the class axis, on an average-pooled grid.
+
+    The class sequence always has `config.pad_len` entries, as in the reference: missing classes are filled with one
+    learned padding token (and one learned padding guidance vector), whose outputs are discarded. Because padding
+    tokens are identical at every pixel and linear attention only sums keys and values, their contribution is
+    computed once and added exactly, so the cost follows the real class count.
+    """
+
+    def __init__(self, config: CATSegConfig):
+        super().__init__()
+        dim = config.hidden_dim
+        self.pad_len = config.pad_len
+        self.norm1 = nn.LayerNorm(dim)
+        self.attention = CATSegLinearAttention(
+            dim, config.text_guidance_proj_dim, config.num_attention_heads, config.linear_attention_eps
+        )
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * config.mlp_ratio), act_layer=nn.ReLU)
+        self.padding_token = nn.Parameter(torch.zeros(dim))
+        self.padding_guidance = nn.Parameter(torch.zeros(config.text_guidance_proj_dim))
+
+    def padding_contribution(self, num_padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed key-value outer products and key sums of `num_padding` identical padding tokens."""
+        _, key, value = self.attention.project(self.norm1(self.padding_token), self.padding_guidance)
+        key_value = torch.einsum("hd,he->hde", key, value) * num_padding
+        return key_value, key * num_padding
+
+    def forward(
+        self, cost_embedding: torch.Tensor, text_guidance: torch.Tensor, pooling_size: tuple[int, int]
+    ) -> torch.Tensor:
+        # cost_embedding: (B, T, H, W, C); text_guidance: (B, T, G)
+        batch, num_classes, height, width, channels = cost_embedding.shape
+        pooled = cost_embedding
+        if tuple(pooling_size) != (1, 1):
+            pooled = cost_embedding.permute(0, 1, 4, 2, 3).reshape(batch * num_classes, channels, height, width)
+            pooled = F.avg_pool2d(pooled, pooling_size)
+            pooled = pooled.view(batch, num_classes, channels, *pooled.shape[-2:]).permute(0, 1, 3, 4, 2)
+        pooled_height, pooled_width = pooled.shape[2:4]
+        tokens = pooled.reshape(batch, num_classes, pooled_height * pooled_width, channels)
+
+        extra_key_value = extra_key_sum = None
+        num_padding = self.pad_len - num_classes
+        if num_padding > 0:
+            extra_key_value, extra_key_sum = self.padding_contribution(num_padding)
+        tokens = tokens + self.attention(self.norm1(tokens), text_guidance, extra_key_value, extra_key_sum)
+        tokens = tokens + self.mlp(self.norm2(tokens))
+
+        aggregated = tokens.view(batch, num_classes, pooled_height, pooled_width, channels)
+        if (pooled_height, pooled_width) != (height, width):
+            aggregated = aggregated.permute(0, 1, 4, 2, 3).reshape(batch * num_classes, channels, pooled_height, pooled_width)
+            aggregated = F.interpolate(aggregated, size=(height, width), mode="bilinear", align_corners=True)
+            aggregated = aggregated.view(batch, num_classes, channels, height, width).permute(0, 1, 3, 4, 2)
+        return cost_embedding + aggregated
+
+
+class CATSegAggregationLayer(GradientCheckpointingLayer):
+    """One cost-aggregation layer: spatial aggregation, then class aggregation."""
+
+    def __init__(self, config: CATSegConfig):
+        super().__init__()
+        self.spatial_aggregation = CATSegSpatialAggregation(config)
+        self.class_aggregation = CATSegClassAggregation(config)
+
+    def forward(
+        self,
+        cost_embedding: torch.Tensor,
+        appearance_guidance: torch.Tensor,
+        text_guidance: torch.Tensor,
+        pooling_size: tuple[int, int],
+    ) -> torch.Tensor:
+        cost_embedding = self.spatial_aggregation(cost_embedding, appearance_guidance)
+        return self.class_aggregation(cost_embedding, text_guidance, pooling_size)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Upsampling decoder
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class CATSegUpsampleStage(nn.Module):
+    """x2 transposed convolution, concatenation with the (projected) CLIP guidance, two conv-GroupNorm-ReLU.
+
+    The first convolution of the concatenation is computed as the sum of its feature part (per class) and its
+    guidance part (once per image), which is the same linear map without repeating the guidance for every class.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, guidance_channels: int):
+        super().__init__()
+        self.feature_channels = in_channels - guidance_channels
+        self.upsample = nn.ConvTranspose2d(in_channels, self.feature_channels, kernel_size=2, stride=2)
+        self.convs = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.GroupNorm(out_channels // 16, out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.GroupNorm(out_channels // 16, out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+    def guidance_term(self, guidance: torch.Tensor) -> torch.Tensor:
+        """The guidance part of the first convolution, `(B, 1, out, 2H, 2W)`, from guidance `(B, G, 2H, 2W)`."""
+        return F.conv2d(guidance, self.convs[0].weight[:, self.feature_channels :], padding=1).unsqueeze(1)
+
+    def forward(self, features: torch.Tensor, guidance_term: torch.Tensor) -> torch.Tensor:
+        # features: (B, T, C, H, W) -> (B, T, out, 2H, 2W)
+        batch, num_classes = features.shape[:2]
+        upsampled = self.upsample(features.flatten(0, 1))
+        hidden = F.conv2d(upsampled, self.convs[0].weight[:, : self.feature_channels], padding=1)
+        hidden = (hidden.view(batch, num_classes, *hidden.shape[1:]) + guidance_term).flatten(0, 1)
+        hidden = self.convs[1:](hidden)
+        return hidden.view(batch, num_classes, *hidden.shape[1:])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The aggregator
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def compute_cost_volume(image_embeddings: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity `(B, P, T, H, W)` between dense image embeddings `(B, C, H, W)` and class embeddings
+    `(B, T, P, C)`; both sides are L2-normalised here.
+
+    Always computed in float32, also under autocast: the costs are small numbers whose differences decide the
+    segmentation, and this step is a negligible part of the work."""
+    with torch.autocast(image_embeddings.device.type, enabled=False):
+        image_embeddings = F.normalize(image_embeddings.float(), dim=1)
+        class_embeddings = F.normalize(class_embeddings.float(), dim=-1)
+        return torch.einsum("bchw,btpc->bpthw", image_embeddings, class_embeddings)
+
+
+class CATSegAggregator(nn.Module):
+    """Cost embedding, guidance projections, aggregation layers and the upsampling decoder of CAT-Seg."""
+
+    def __init__(self, config: CATSegConfig):
+        super().__init__()
+        self.config = config
+        kernel = config.cost_embedding_kernel_size
+        self.cost_embedding = nn.Conv2d(
+            config.num_prompt_templates, config.hidden_dim, kernel_size=kernel, padding=kernel // 2
+        )
+        self.appearance_guidance_projection = nn.Sequential(
+            nn.Conv2d(config.projection_dim, config.appearance_guidance_proj_dim, kernel_size=3, padding=1),
+            nn.ReLU(),
+        )
+        self.text_guidance_projection = nn.Sequential(
+            nn.Linear(config.projection_dim, config.text_guidance_proj_dim), nn.ReLU()
+        )
+        self.decoder_guidance_projections = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(in_dim, out_dim, kernel_size=3, padding=1), nn.ReLU())
+            for in_dim, out_dim in zip(config.decoder_guidance_dims, config.decoder_guidance_proj_dims)
+        )
+        self.layers = nn.ModuleList(CATSegAggregationLayer(config) for _ in range(config.num_aggregation_layers))
+        stage_inputs = [config.hidden_dim, *config.decoder_dims[:-1]]
+        self.decoder_stages = nn.ModuleList(
+            CATSegUpsampleStage(in_dim, out_dim, guidance_dim)
+            for in_dim, out_dim, guidance_dim in zip(
+                stage_inputs, config.decoder_dims, config.decoder_guidance_proj_dims
+            )
+        )
+        self.head = nn.Conv2d(config.decoder_dims[-1], 1, kernel_size=3, padding=1)
+
+    def select_classes(self, cost_volume: torch.Tensor) -> torch.Tensor:
+        """Per view, the ids (ascending) of the `pad_len` classes whose highest cost over templates and pixels is the
+        largest."""
+        highest_cost = cost_volume.amax(dim=(1, 3, 4))
+        selected = highest_cost.topk(self.config.pad_len, dim=-1).indices
+        return selected.sort(dim=-1).values
+
+    def decode(self, cost_embedding: torch.Tensor, decoder_guidance: list[torch.Tensor]) -> torch.Tensor:
+        """Upsampling decoder and head, per class (chunked over classes to bound memory): (B, T, H, W, C) ->
+        (B, T, 4H, 4W) logits."""
+        guidance_terms = [
+            stage.guidance_term(projection(guidance))
+            for stage, projection, guidance in zip(self.decoder_stages, self.decoder_guidance_projections, decoder_guidance)
+        ]
+        logits = []
+        for chunk in _class_chunks(cost_embedding.shape[1], self.config.class_chunk_size):
+            features = cost_embedding[:, chunk].permute(0, 1, 4, 2, 3)
+            for stage, guidance_term in zip(self.decoder_stages, guidance_terms):
+                features = stage(features, guidance_term)
+            batch, num_classes = features.shape[:2]
+            logits.append(self.head(features.flatten(0, 1)).view(batch, num_classes, *features.shape[-2:]))
+        return logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        class_embeddings: torch.Tensor,
+        decoder_guidance: tuple[torch.Tensor, torch.Tensor],
+        pooling_size: tuple[int, int],
+        cost_volume: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        Args:
+            image_embeddings: `(B, C, H, W)` dense CLIP embeddings.
+            class_embeddings: `(B, T, P, C)` class text embeddings.
+            decoder_guidance: the two upsampled CLIP guidance maps.
+            pooling_size: spatial pooling before the class aggregation.
+            cost_volume: `(B, P, T, H, W)`, computed here when not given.
+
+        Returns:
+            `(logits (B, T, 4H, 4W), selected_classes (B, pad_len) or None)`.
+        """
+        if cost_volume is None:
+            cost_volume = compute_cost_volume(image_embeddings, class_embeddings)
+        batch, _, num_classes, height, width = cost_volume.shape
+        selected = None
+        if num_classes > self.config.pad_len:
+            selected = self.select_classes(cost_volume)
+            cost_volume = cost_volume.gather(
+                2, selected[:, None, :, None, None].expand(-1, cost_volume.shape[1], -1, height, width)
+            )
+            class_embeddings = class_embeddings.gather(
+                1, selected[:, :, None, None].expand(-1, -1, *class_embeddings.shape[2:])
+            )
+        kept = cost_volume.shape[2]
+
+        # Each class slice (P templates as channels) is embedded by the same convolution.
+        cost_embedding = self.cost_embedding(cost_volume.transpose(1, 2).reshape(batch * kept, -1, height, width))
+        cost_embedding = cost_embedding.view(batch, kept, -1, height, width).permute(0, 1, 3, 4, 2).contiguous()
+
+        appearance_guidance = self.appearance_guidance_projection(image_embeddings).permute(0, 2, 3, 1)
+        text_guidance = F.normalize(class_embeddings, dim=-1).mean(dim=2)
+        text_guidance = self.text_guidance_projection(text_guidance / text_guidance.norm(dim=-1, keepdim=True))
+
+        for layer in self.layers:
+            cost_embedding = layer(cost_embedding, appearance_guidance, text_guidance, pooling_size)
+        logits = self.decode(cost_embedding, list(decoder_guidance))
+
+        if selected is not None:
+            full = logits.new_full((batch, num_classes, *logits.shape[-2:]), DROPPED_CLASS_LOGIT)
+            logits = full.scatter(1, selected[:, :, None, None].expand_as(logits), logits)
+        return logits, selected
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class CATSegPreTrainedModel(PreTrainedModel):
+    config: CATSegConfig
+    config_class = CATSegConfig
+    base_model_prefix = "catseg"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CLIPEncoderLayer", "CLIPTextEmbeddings", "CLIPVisionEmbeddings", "CATSegAggregationLayer"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # CLIP's own submodules are initialised by CLIPModel's `_init_weights` (transformers dispatches per sub-model).
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, CATSegClassAggregation):
+            init.zeros_(module.padding_token)
+            init.zeros_(module.padding_guidance)
+
+
+class CATSegModel(CATSegPreTrainedModel):
+    """
+    CAT-Seg: open-vocabulary semantic segmentation by cost aggregation on CLIP.
+
+    Give it CLIP-normalised images at `config.clip_resolution` (see `CATSegProcessor`) and either tokenised class
+    names (`input_ids` of shape `(T, P, 77)`) or precomputed `class_embeddings` `(T, P, C)`; it returns per-class
+    logits at 4x the CLIP patch grid.
+    """
+
+    # Saved folders carry the modelling code and an `auto_map`, so they load with `trust_remote_code=True` anywhere.
+    _auto_class = "AutoModel"
+
+    def __init__(self, config: CATSegConfig):
+        super().__init__(config)
+        self.clip = CLIPModel._from_config(config.clip_config)
+        width = config.vision_width
+        first_dim, second_dim = config.decoder_guidance_dims
+        self.guidance_upsamplers = nn.ModuleList(
+            [
+                nn.ConvTranspose2d(width, first_dim, kernel_size=2, stride=2),
+                nn.ConvTranspose2d(width, second_dim, kernel_size=4, stride=4),
+            ]
+        )
+        self.aggregator = CATSegAggregator(config)
+        # Text embeddings of recent vocabularies, reused while the text tower's weights are unchanged.
+        self._class_embedding_cache: OrderedDict = OrderedDict()
+        self.class_embedding_cache_size = 8
+        self.post_init()
+        self.apply_clip_finetune_mode()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        # Loading replaces the parameters (and their requires_grad flags): restore the configured CLIP training set.
+        model.apply_clip_finetune_mode()
+        return model
+
+    # ------------------------------------------------------------------------------------------------ fine-tuning
+    def apply_clip_finetune_mode(self, mode: str | None = None) -> None:
+        """Sets which CLIP parameters train (`requires_grad`), from `config.clip_finetune` unless `mode` is given:
+        `"attention"`: only the query and value projection weights of every attention block of both towers;
+        `"frozen"`: none; `"full"`: all. The aggregator and guidance upsamplers always train."""
+        mode = mode or self.config.clip_finetune
+        if mode not in ("attention", "frozen", "full"):
+            raise ValueError(f"Unknown CLIP fine-tuning mode {mode!r}; choose 'attention', 'frozen' or 'full'.")
+        self.config.clip_finetune = mode
+        for name, parameter in self.clip.named_parameters():
+            if mode == "full":
+                parameter.requires_grad_(True)
+            elif mode == "frozen":
+                parameter.requires_grad_(False)
+            else:
+                parameter.requires_grad_(name.endswith(("self_attn.q_proj.weight", "self_attn.v_proj.weight")))
+
+    # ------------------------------------------------------------------------------------------------ text side
+    def _text_weights_version(self) -> tuple:
+        # In-place updates (optimizer steps, load_state_dict) bump a tensor's version counter.
+        return tuple(
+            (id(p), p._version, p.dtype, p.device)
+            for p in (*self.clip.text_model.parameters(), self.clip.text_projection.weight)
+        )
+
+    def get_class_embeddings(
+        self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None = None
+    ) -> torch.FloatTensor:
+        """
+        L2-normalised class text embeddings.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(T, P, L)`): token ids of every class (T) in every template (P);
+                `(T, L)` is read as one template.
+            attention_mask (`torch.LongTensor`, *optional*): same shape; padding after the end-of-text token does not
+                change the result (the text tower is causal and reads the end-of-text position).
+
+        Returns:
+            `torch.FloatTensor` of shape `(T, P, C)`.
+
+        In evaluation mode or without gradients, the embeddings of the last few vocabularies are cached and reused
+        as long as the text tower's weights have not changed.
+        """
+        if input_ids.dim() == 2:
+            input_ids = input_ids.unsqueeze(1)
+            attention_mask = attention_mask.unsqueeze(1) if attention_mask is not None else None
+        if input_ids.dim() != 3:
+            raise ValueError(f"input_ids must be (num_classes, num_templates, length), got shape {tuple(input_ids.shape)}.")
+        use_cache = not (self.training and torch.is_grad_enabled())
+        key = None
+        if use_cache:
+            mask_bytes = attention_mask.cpu().numpy().tobytes() if attention_mask is not None else b""
+            device_type = input_ids.device.type
+            autocast_state = (
+                (True, torch.get_autocast_dtype(device_type)) if torch.is_autocast_enabled(device_type) else (False,)
+            )
+            key = (
+                tuple(input_ids.shape),
+                input_ids.cpu().numpy().tobytes(),
+                mask_bytes,
+                autocast_state,
+                self._text_weights_version(),
+            )
+            cached = self._class_embedding_cache.get(key)
+            if cached is not None:
+                self._class_embedding_cache.move_to_end(key)
+                return cached
+        num_classes, num_templates, length = input_ids.shape
+        flat_ids = input_ids.reshape(-1, length)
+        flat_mask = attention_mask.reshape(-1, length) if attention_mask is not None else None
+        embeddings = torch.cat(
+            [
+                self._encode_prompts(flat_ids[start : start + self.config.text_batch_size], flat_mask, start)
+                for start in range(0, flat_ids.shape[0], max(self.config.text_batch_size, 1))
+            ]
+        )
+        embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
+        embeddings = embeddings.view(num_classes, num_templates, -1)
+        if use_cache:
+            self._class_embedding_cache[key] = embeddings.detach()
+            while len(self._class_embedding_cache) > self.class_embedding_cache_size:
+                self._class_embedding_cache.popitem(last=False)
+        return embeddings
+
+    def _encode_prompts(self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None, start: int):
+        """Projected text-tower features at the end-of-text token of each prompt."""
+        eos_positions = self._end_of_text_positions(input_ids)
+        # The text tower is causal and is read at the end-of-text token: positions after the last one of the batch
+        # cannot change the result, so they are not computed (a prompt is ~10 tokens of the 77).
+        length = int(eos_positions.max()) + 1
+        input_ids = input_ids[:, :length]
+        if attention_mask is not None:
+            attention_mask = attention_mask[start : start + input_ids.shape[0], :length]
+        text_model = self.clip.text_model
+        hidden = text_model.embeddings(input_ids=input_ids)
+        causal_mask = torch.full((length, length), float("-inf"), device=hidden.device, dtype=hidden.dtype).triu(1)
+        if attention_mask is not None:
+            padding = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+            causal_mask = causal_mask + padding
+        else:
+            causal_mask = causal_mask[None, None]
+        for layer in text_model.encoder.layers:
+            hidden = layer(hidden, causal_mask)
+        hidden = text_model.final_layer_norm(hidden)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos_positions]
+        return self.clip.text_projection(pooled)
+
+    def _end_of_text_positions(self, input_ids: torch.LongTensor) -> torch.LongTensor:
+        eos_token_id = self.config.clip_config.text_config.eos_token_id
+        if eos_token_id is None or eos_token_id == 2:
+            # Legacy CLIP configs: the end-of-text token is the largest id of the sequence.
+            return input_ids.argmax(dim=-1)
+        is_eos = input_ids == eos_token_id
+        if not bool(is_eos.any(dim=-1).all()):
+            raise ValueError(f"Every prompt must contain the end-of-text token {eos_token_id}; tokenise with CATSegProcessor.")
+        return is_eos.int().argmax(dim=-1)
+
+    # ------------------------------------------------------------------------------------------------ image side
+    def get_image_features(self, pixel_values: torch.FloatTensor) -> CATSegImageFeatures:
+        """
+        Dense CLIP image embeddings and the decoder guidance.
+
+        The last vision block runs in CAT-Seg's dense mode: its LayerNorm-ed input goes through the value and output
+        projections only (no mixing between tokens), the class token's input to the block is added to every token,
+        then the block's MLP residual; post-LayerNorm and the visual projection then apply to all tokens.
+        """
+        vision = self.clip.vision_model
+        batch, _, height, width = pixel_values.shape
+        patch = self.config.clip_config.vision_config.patch_size
+        grid_height, grid_width = height // patch, width // patch
+        hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=True)
+        hidden = vision.pre_layrnorm(hidden)
+        taps = []
+        *blocks, last_block = vision.encoder.layers
+        for index, block in enumerate(blocks):
+            hidden = block(hidden, None)
+            if index in self.config.guidance_layer_indices:
+                taps.append(hidden)
+        dense = last_block.self_attn.out_proj(last_block.self_attn.v_proj(last_block.layer_norm1(hidden)))
+        dense = dense + hidden[:, :1]
+        dense = dense + last_block.mlp(last_block.layer_norm2(dense))
+        dense = self.clip.visual_projection(vision.post_layernorm(dense))
+        image_embeddings = dense[:, 1:].transpose(1, 2).reshape(batch, -1, grid_height, grid_width)
+        decoder_guidance = tuple(
+            upsample(tap[:, 1:].transpose(1, 2).reshape(batch, -1, grid_height, grid_width))
+            for upsample, tap in zip(self.guidance_upsamplers, taps)
+        )
+        return CATSegImageFeatures(
+            dense_embeddings=dense,
+            image_embeddings=image_embeddings,
+            guidance_taps=tuple(taps),
+            decoder_guidance=decoder_guidance,
+        )
+
+    def aggregate(
+        self, image_features: CATSegImageFeatures, class_embeddings: torch.Tensor, cost_volume: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Runs the aggregator view by view when `config.class_chunk_size` asks for bounded memory (views are
+        independent: each keeps its own top-k classes)."""
+        step = 1 if self.config.class_chunk_size > 0 else cost_volume.shape[0]
+        logits, selected = [], []
+        for start in range(0, cost_volume.shape[0], step):
+            views = slice(start, start + step)
+            view_logits, view_selected = self.aggregator(
+                image_features.image_embeddings[views],
+                class_embeddings[views],
+                [guidance[views] for guidance in image_features.decoder_guidance],
+                self.pooling_size,
+                cost_volume=cost_volume[views],
+            )
+            logits.append(view_logits)
+            selected.append(view_selected)
+        if len(logits) == 1:
+            return logits[0], selected[0]
+        return torch.cat(logits), (torch.cat(selected) if selected[0] is not None else None)
+
+    # ------------------------------------------------------------------------------------------------ loss
+    def compute_loss(self, logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
+        """Binary cross-entropy between logits bilinearly resized to the label size and one-hot labels, mean over
+        all pixels and classes. As in the reference, ignored pixels (and any id outside [0, T)) are not excluded:
+        they count with an all-zero target."""
+        if labels.dim() != 3 or labels.shape[0] != logits.shape[0]:
+            raise ValueError(
+                f"labels must be (batch, height, width) with batch {logits.shape[0]}, got shape {tuple(labels.shape)}."
+            )
+        num_classes = logits.shape[1]
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        labels = labels.to(logits.device)
+        valid = (labels >= 0) & (labels < num_classes)
+        targets = F.one_hot(torch.where(valid, labels, 0), num_classes).permute(0, 3, 1, 2)
+        targets = targets.to(logits.dtype) * valid.unsqueeze(1).to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits, targets)
+
+    # ------------------------------------------------------------------------------------------------ forward
+    @property
+    def pooling_size(self) -> tuple[int, int]:
+        """Class-aggregation pooling in force: the training one while `self.training`, else the inference one."""
+        size = self.config.training_pooling_size if self.training else self.config.inference_pooling_size
+        return tuple(size)
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        class_embeddings: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        original_sizes: torch.LongTensor | None = None,
+        view_layout: torch.LongTensor | None = None,
+        output_intermediates: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CATSegOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(B, 3, R, R)`):
+                CLIP-normalised images at `config.clip_resolution` (sliding-window views are separate rows).
+            input_ids (`torch.LongTensor` of shape `(T, P, L)`, *optional*):
+                Tokenised class names in every prompt template; give these or `class_embeddings`.
+            attention_mask (`torch.LongTensor` of shape `(T, P, L)`, *optional*):
+                Mask of `input_ids`.
+            class_embeddings (`torch.FloatTensor` of shape `(T, P, C)` or `(B, T, P, C)`, *optional*):
+                Precomputed class embeddings (from `get_class_embeddings`).
+            labels (`torch.LongTensor` of shape `(B, H, W)`, *optional*):
+                Class ids per pixel (any H, W); `config.ignore_index` and ids outside [0, T) are background for the loss.
+            original_sizes, view_layout (`torch.LongTensor`, *optional*):
+                Produced by the processor; handed back unchanged on the output for post-processing.
+            output_intermediates (`bool`, *optional*, defaults to `False`):
+                Also return the cost volume and the image features.
+        """
+        if kwargs:
+            raise TypeError(f"CATSegModel.forward got unexpected arguments: {sorted(kwargs)}.")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if pixel_values is None or pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+            shape = None if pixel_values is None else tuple(pixel_values.shape)
+            raise ValueError(
+                f"pixel_values must be a (batch, 3, height, width) tensor, got {shape}; use CATSegProcessor to prepare images."
+            )
+        if class_embeddings is None:
+            if input_ids is None and self.config.default_class_input_ids is not None:
+                input_ids = torch.tensor(self.config.default_class_input_ids, dtype=torch.long, device=self.device)
+                if self.config.default_class_attention_mask is not None:
+                    attention_mask = torch.tensor(
+                        self.config.default_class_attention_mask, dtype=torch.long, device=self.device
+                    )
+            if input_ids is None:
+                raise ValueError(
+                    "Give the class names as `input_ids` (from CATSegProcessor) or as `class_embeddings`, or store a "
+                    "default vocabulary in the config (catseg_hf.pipelines.set_default_vocabulary)."
+                )
+            class_embeddings = self.get_class_embeddings(input_ids, attention_mask)
+        batch = pixel_values.shape[0]
+        if class_embeddings.dim() == 3:
+            batched_class_embeddings = class_embeddings.unsqueeze(0).expand(batch, -1, -1, -1)
+        elif class_embeddings.dim() == 4 and class_embeddings.shape[0] == batch:
+            batched_class_embeddings = class_embeddings
+        else:
+            raise ValueError(
+                f"class_embeddings must be (T, P, C) or (batch={batch}, T, P, C), got {tuple(class_embeddings.shape)}."
+            )
+        if batched_class_embeddings.shape[2] != self.config.num_prompt_templates:
+            raise ValueError(
+                f"The model was built for {self.config.num_prompt_templates} prompt template(s) per class, but the class "
+                f"embeddings have {batched_class_embeddings.shape[2]}; tokenise with the model's prompt templates."
+            )
+
+        image_features = self.get_image_features(pixel_values.to(self.dtype))
+        batched_class_embeddings = batched_class_embeddings.to(image_features.image_embeddings.dtype)
+        cost_volume = compute_cost_volume(image_features.image_embeddings, batched_class_embeddings)
+        logits, selected = self.aggregate(image_features, batched_class_embeddings, cost_volume)
+        loss = self.compute_loss(logits, labels) if labels is not None else None
+
+        output = CATSegOutput(
+            loss=loss,
+            logits=logits,
+            class_embeddings=class_embeddings,
+            cost_volume=cost_volume if output_intermediates else None,
+            image_features=image_features if output_intermediates else None,
+            selected_classes=selected,
+            original_sizes=original_sizes,
+            view_layout=view_layout,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["CATSegModel", "CATSegPreTrainedModel", "CATSegOutput", "CATSegImageFeatures", "compute_cost_volume"]
