@@ -388,3 +388,14 @@ def test_torchrun_two_cpu_processes_train_and_evaluate(shared_path, tmp_path):
     single = build_trainer(model, CATSegProcessor.from_pretrained(output_dir), training_args(tmp_path / "single"),
                            None, eval_data(6), [model.config.id2label[i] for i in range(NUM_CLASSES)])
     assert single.evaluate()["eval_mean_iou"] == pytest.approx(eval_results["eval_mean_iou"], abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "name", ["configuration_catseg.py", "modeling_catseg.py", "image_processing_catseg.py", "processing_catseg.py"]
+)
+def test_shipped_model_code_matches_the_package(name):
+    """The example folder's remote code (used with trust_remote_code) must be the package's current code."""
+    package_file = REPO_ROOT / "src" / "catseg_hf" / name
+    assert (EXAMPLE_DIR / name).read_text() == package_file.read_text(), (
+        f"examples/tiny-shapes-catseg/{name} is stale: copy src/catseg_hf/{name} into the example folder"
+    )

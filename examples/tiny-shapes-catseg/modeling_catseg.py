@@ -91,6 +91,23 @@ class CATSegOutput(ModelOutput):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+# Tokens per tile of the residual MLPs at inference: the 4x-wide hidden activations of a tile stay in cache, which
+# made the MLPs about twice as fast here than one pass over all tokens (results are bit-identical).
+MLP_TOKENS_PER_TILE = 4096
+
+
+def residual_mlp(hidden: torch.Tensor, norm: nn.Module, mlp: nn.Module) -> torch.Tensor:
+    """`hidden + mlp(norm(hidden))` over the last dimension, tiled over tokens when no gradient is needed."""
+    if torch.is_grad_enabled() or hidden.numel() <= MLP_TOKENS_PER_TILE * hidden.shape[-1]:
+        return hidden + mlp(norm(hidden))
+    tokens = hidden.reshape(-1, hidden.shape[-1])
+    output = torch.empty_like(tokens)
+    for start in range(0, tokens.shape[0], MLP_TOKENS_PER_TILE):
+        tile = tokens[start : start + MLP_TOKENS_PER_TILE]
+        output[start : start + MLP_TOKENS_PER_TILE] = tile + mlp(norm(tile))
+    return output.view(hidden.shape)
+
+
 def _class_chunks(num_classes: int, chunk_size: int) -> list[slice]:
     """Slices over the class axis; `chunk_size <= 0` means one chunk."""
     if chunk_size <= 0 or chunk_size >= num_classes:
@@ -229,7 +246,7 @@ class CATSegSwinBlock(nn.Module):
         attended = self.attention(windows, guidance_terms, attention_bias)
         attended = _merge_windows(attended.flatten(0, 1), window_size, shift_size, height, width)
         hidden = hidden + attended.view(hidden.shape)
-        return hidden + self.mlp(self.norm2(hidden))
+        return residual_mlp(hidden, self.norm2, self.mlp)
 
 
 class CATSegSpatialAggregation(nn.Module):
@@ -361,7 +378,7 @@ class CATSegClassAggregation(nn.Module):
         if num_padding > 0:
             extra_key_value, extra_key_sum = self.padding_contribution(num_padding)
         tokens = tokens + self.attention(self.norm1(tokens), text_guidance, extra_key_value, extra_key_sum)
-        tokens = tokens + self.mlp(self.norm2(tokens))
+        tokens = residual_mlp(tokens, self.norm2, self.mlp)
 
         aggregated = tokens.view(batch, num_classes, pooled_height, pooled_width, channels)
         if (pooled_height, pooled_width) != (height, width):
