@@ -70,14 +70,23 @@ class CATSegProcessor(ProcessorMixin):
         )
 
     @classmethod
-    def from_model_config(cls, config: Any, bpe_path: Any, **image_processor_kwargs: Any) -> "CATSegProcessor":
-        """A processor matching a `CATSegConfig` (CLIP resolution, normalisation, padding, prompt templates), with a
-        CLIP tokenizer built offline from a BPE merges file (e.g. `bpe_simple_vocab_16e6.txt.gz`)."""
-        try:  # inside the package; a saved model folder holds no tokenization module
-            from catseg_hf.tokenization import build_clip_tokenizer
-        except ImportError as error:  # pragma: no cover - only without the package installed
-            raise ImportError("from_model_config needs the catseg_hf package (pip install catseg-hf).") from error
+    def from_model_config(
+        cls, config: Any, bpe_path: Any = None, tokenizer: Any = None, **image_processor_kwargs: Any
+    ) -> "CATSegProcessor":
+        """A processor matching a `CATSegConfig` (CLIP resolution, normalisation, padding, prompt templates), with the
+        given CLIP `tokenizer`, or one built offline from a BPE merges file `bpe_path` (e.g.
+        `bpe_simple_vocab_16e6.txt.gz`)."""
+        if tokenizer is None:
+            if bpe_path is None:
+                raise ValueError("from_model_config needs a CLIP `tokenizer` or the `bpe_path` of a BPE merges file.")
+            try:  # inside the package; a saved model folder holds no tokenization module
+                from catseg_hf.tokenization import build_clip_tokenizer
+            except ImportError as error:  # pragma: no cover - only without the package installed
+                raise ImportError("from_model_config needs the catseg_hf package (pip install catseg-hf).") from error
 
+            tokenizer = build_clip_tokenizer(
+                bpe_path, model_max_length=config.clip_config.text_config.max_position_embeddings
+            )
         image_processor = CATSegImageProcessor(
             clip_resolution=config.clip_resolution,
             image_mean=list(config.image_mean),
@@ -85,7 +94,6 @@ class CATSegProcessor(ProcessorMixin):
             size_divisibility=config.size_divisibility,
             **image_processor_kwargs,
         )
-        tokenizer = build_clip_tokenizer(bpe_path, model_max_length=config.clip_config.text_config.max_position_embeddings)
         return cls(image_processor, tokenizer, prompt_templates=list(config.prompt_templates))
 
     def __call__(

@@ -172,7 +172,6 @@ def build_model(model_args: ModelArguments) -> CATSegModel:
 def build_processor(model: CATSegModel, model_args: ModelArguments):
     """The `CATSegProcessor` saved with the model: a saved processor, else one built from the model config and a
     CLIP tokenizer (from `bpe_path`, `model_name_or_path` or `clip_model_name_or_path`, in this order)."""
-    from ..image_processing_catseg import CATSegImageProcessor
     from ..processing_catseg import CATSegProcessor
 
     if model_args.processor_name_or_path:
@@ -201,15 +200,9 @@ def build_processor(model: CATSegModel, model_args: ModelArguments):
             "No CLIP tokenizer: pass --bpe_path (OpenAI's bpe_simple_vocab_16e6.txt.gz, works offline), "
             "--processor_name_or_path, or --clip_model_name_or_path."
         )
-    config = model.config
-    image_processor = CATSegImageProcessor(
-        clip_resolution=config.clip_resolution,
-        image_mean=config.image_mean,
-        image_std=config.image_std,
-        size_divisibility=config.size_divisibility,
-        mode=model_args.inference_mode or "sliding",
+    return CATSegProcessor.from_model_config(
+        model.config, tokenizer=tokenizer, mode=model_args.inference_mode or "sliding"
     )
-    return CATSegProcessor(image_processor=image_processor, tokenizer=tokenizer, prompt_templates=config.prompt_templates)
 
 
 # ------------------------------------------------------------------------------------------------------- datasets
