@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoImageProcessor
 
@@ -323,6 +324,55 @@ def test_post_processing_chunking_is_exact(processor, monkeypatch) -> None:
         assert torch.equal(a["probabilities"], b["probabilities"])
         assert torch.equal(a["segmentation"], labels)
         assert torch.equal(a["probabilities"].argmax(0), labels)
+
+
+def _reference_sliding_probabilities(logits: torch.Tensor, layout, target) -> torch.Tensor:
+    """The official sliding post-processing written plainly: all classes at once, F.fold for the tiles."""
+    canvas_h, canvas_w, tile, stride = layout
+    probs = F.interpolate(logits, size=(tile, tile), mode="bilinear", align_corners=False).sigmoid()
+    counts = F.fold(
+        F.unfold(torch.ones(1, canvas_h, canvas_w), kernel_size=tile, stride=stride),
+        output_size=(canvas_h, canvas_w),
+        kernel_size=tile,
+        stride=stride,
+    )
+    tiles = F.fold(probs[:-1].flatten(1).T, output_size=(canvas_h, canvas_w), kernel_size=tile, stride=stride)
+    global_probs = F.interpolate(probs[-1:], size=(canvas_h, canvas_w), mode="bilinear", align_corners=False)
+    merged = (tiles / counts + global_probs) / 2
+    return F.interpolate(merged, size=target, mode="bilinear", align_corners=False)[0]
+
+
+def test_constant_classes_share_one_map_exactly(processor) -> None:
+    # Classes a top-k model dropped have one constant logit everywhere: post-processing computes their map once.
+    # Class 12 varies (one pixel differs) but elsewhere ties with the constant classes 10 and 30: ties go to the
+    # lowest id, whichever path computed the tied values.
+    layout = [96, 96, 64, 32]
+    logits = _fake_logits(5, 40, seed=5) - 8.0
+    logits[:, [3, 20, 21, 22, 23, 24, 25]] = -100.0
+    logits[:, [10, 30]] = 0.0
+    logits[:, 12] = 0.0
+    logits[0, 12, 0, 0] = 4.0
+    outputs = {"logits": logits, "original_sizes": torch.tensor([[50, 70]]), "view_layout": torch.tensor([layout])}
+    result = processor.post_process_semantic_segmentation(outputs, return_probabilities=True)[0]
+    labels = processor.post_process_semantic_segmentation(outputs)[0]
+    reference = _reference_sliding_probabilities(logits, layout, (50, 70))
+    assert (result["probabilities"] - reference).abs().max().item() <= 1e-6
+    assert torch.equal(result["probabilities"][20], result["probabilities"][3])
+    assert torch.equal(labels, result["probabilities"].argmax(0))
+    assert torch.equal(labels, result["segmentation"])
+    assert set(labels.unique().tolist()) == {10, 12}
+    assert (labels == 10).float().mean().item() > 0.5
+
+    # Dropped classes win where every other class is lower still, resolved the same way.
+    low = torch.full_like(logits, -30.0)
+    low[:, 7] = -20.0
+    low[:, 2] = -20.0
+    low[1, 9] = -15.0
+    low_outputs = {**outputs, "logits": low}
+    low_result = processor.post_process_semantic_segmentation(low_outputs, return_probabilities=True)[0]
+    low_labels = processor.post_process_semantic_segmentation(low_outputs)[0]
+    assert torch.equal(low_labels, low_result["probabilities"].argmax(0))
+    assert set(low_labels.unique().tolist()) <= {2, 9} and (low_labels == 2).any()
 
 
 # ------------------------------------------------------------------------------------------------------ save / load

