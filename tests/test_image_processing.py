@@ -316,7 +316,7 @@ def test_post_processing_chunking_is_exact(processor, monkeypatch) -> None:
         "view_layout": torch.tensor([layout, [0, 0, 0, 0]]),
     }
     full = processor.post_process_semantic_segmentation(outputs, return_probabilities=True)
-    # Smallest chunks: 64 classes, so 300 classes run as 64 + 64 + 64 + 64 + 44.
+    # Smallest chunks: 16 classes, so 300 classes run as 18 chunks of 16 and one of 12.
     monkeypatch.setattr(ipmod, "_POSTPROCESS_CHUNK_ELEMENTS", 1)
     chunked_probs = processor.post_process_semantic_segmentation(outputs, return_probabilities=True)
     chunked_labels = processor.post_process_semantic_segmentation(outputs)

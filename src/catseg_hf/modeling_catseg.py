@@ -954,6 +954,20 @@ class CATSegModel(CATSegPreTrainedModel):
         projections only (no mixing between tokens), the class token's input to the block is added to every token,
         then the block's MLP residual; post-LayerNorm and the visual projection then apply to all tokens.
         """
+        batch = pixel_values.shape[0]
+        if batch > 1 and pixel_values.device.type == "cpu" and not torch.is_grad_enabled():
+            # One image at a time on CPU: the batch's MLP activations (35 MB per block for 5 views at 384) would be
+            # mapped afresh in every block, a page fault per 4 KB; one image's stay in reused heap memory.
+            per_image = [self._image_features(pixel_values[index : index + 1]) for index in range(batch)]
+            return CATSegImageFeatures(
+                dense_embeddings=torch.cat([f.dense_embeddings for f in per_image]),
+                image_embeddings=torch.cat([f.image_embeddings for f in per_image]),
+                guidance_taps=tuple(torch.cat(taps) for taps in zip(*(f.guidance_taps for f in per_image))),
+                decoder_guidance=tuple(torch.cat(maps) for maps in zip(*(f.decoder_guidance for f in per_image))),
+            )
+        return self._image_features(pixel_values)
+
+    def _image_features(self, pixel_values: torch.FloatTensor) -> CATSegImageFeatures:
         vision = self.clip.vision_model
         batch, _, height, width = pixel_values.shape
         patch = self.config.clip_config.vision_config.patch_size
