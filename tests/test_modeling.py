@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel
 
-from catseg_hf import CATSegConfig, CATSegModel
+from catseg_hf import CATSegConfig, CATSegModel, modeling_catseg
 from catseg_hf.modeling_catseg import CATSegClassAggregation, compute_cost_volume
 from catseg_hf.testing_utils import tiny_catseg_config
 
@@ -474,12 +474,27 @@ def reference_aggregator(aggregator, image_embeddings, class_embeddings, decoder
     return logits, selected
 
 
+def use_smallest_tiles(monkeypatch) -> None:
+    """One class map / pixel / token per tile in every tiled inference path."""
+    for name in (
+        "SWIN_TOKENS_PER_TILE",
+        "CLASS_AGGREGATION_TOKENS_PER_TILE",
+        "DECODER_OUTPUT_PIXELS_PER_TILE",
+        "MLP_TOKENS_PER_TILE",
+    ):
+        monkeypatch.setattr(modeling_catseg, name, 1)
+
+
 @pytest.mark.parametrize("num_classes", [3, 8, 13])
 @pytest.mark.parametrize("pooling_size", [(1, 1), (2, 2)])
-def test_fast_aggregator_equals_straightforward_reference(num_classes, pooling_size):
+@pytest.mark.parametrize("tiles", ["default", "smallest"])
+def test_fast_aggregator_equals_straightforward_reference(num_classes, pooling_size, tiles, monkeypatch):
     """Every fast path together (guidance projected once per image/class, exact padding shortcut, channels-last
-    layout, per-view and per-class chunking, windows cut once) against the straightforward computation, for T
-    below, at and above pad_len (8)."""
+    layout, per-view and per-class chunking, windows cut by one gather, fused q/k/v projections, tiles over
+    classes/pixels/tokens updating the buffer in place) against the straightforward computation, for T below, at
+    and above pad_len (8)."""
+    if tiles == "smallest":
+        use_smallest_tiles(monkeypatch)
     model = make_model(window_size=2, class_chunk_size=2)  # 4x4 grid: shifted windows exercised
     generator = torch.Generator().manual_seed(num_classes)
     image_embeddings = torch.randn(2, 16, 4, 4, generator=generator)
@@ -493,3 +508,45 @@ def test_fast_aggregator_equals_straightforward_reference(num_classes, pooling_s
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
     if num_classes > 8:
         assert torch.equal(fast_selected, selected)
+
+
+@pytest.mark.parametrize("num_classes", [3, 13])
+@pytest.mark.parametrize("pooling_size", [(1, 1), (2, 2)])
+def test_tiled_inference_equals_the_autograd_path(num_classes, pooling_size, monkeypatch):
+    """Without gradients the aggregator runs in tiles, in place; with gradients it keeps whole-tensor ops. Both give
+    the same logits, and the inputs handed in are left untouched."""
+    use_smallest_tiles(monkeypatch)
+    model = make_model(window_size=2, class_chunk_size=0)
+    generator = torch.Generator().manual_seed(7)
+    image_embeddings = torch.randn(2, 16, 4, 4, generator=generator)
+    class_embeddings = F.normalize(torch.randn(2, num_classes, 1, 16, generator=generator), dim=-1)
+    decoder_guidance = (torch.randn(2, 32, 8, 8, generator=generator), torch.randn(2, 16, 16, 16, generator=generator))
+    cost_volume = compute_cost_volume(image_embeddings, class_embeddings)
+    cost_volume_before = cost_volume.clone()
+    with torch.enable_grad():
+        autograd_logits, _ = model.aggregator(
+            image_embeddings, class_embeddings, decoder_guidance, pooling_size, cost_volume=cost_volume
+        )
+    with torch.no_grad():
+        tiled_logits, _ = model.aggregator(
+            image_embeddings, class_embeddings, decoder_guidance, pooling_size, cost_volume=cost_volume
+        )
+    assert autograd_logits.requires_grad and not tiled_logits.requires_grad
+    torch.testing.assert_close(tiled_logits, autograd_logits.detach(), atol=1e-5, rtol=0)
+    assert torch.equal(cost_volume, cost_volume_before)
+
+
+def test_image_features_one_view_at_a_time_equal_the_batch():
+    model = make_model()
+    pixel_values, _ = random_inputs(model, batch=3)
+    with torch.enable_grad():
+        batched = model.get_image_features(pixel_values)
+    with torch.no_grad():
+        per_view = model.get_image_features(pixel_values)
+    for name in ("dense_embeddings", "image_embeddings"):
+        torch.testing.assert_close(getattr(per_view, name), getattr(batched, name).detach(), atol=1e-5, rtol=0)
+    for per_view_map, batched_map in zip(
+        per_view.guidance_taps + per_view.decoder_guidance, batched.guidance_taps + batched.decoder_guidance
+    ):
+        assert per_view_map.shape == batched_map.shape
+        torch.testing.assert_close(per_view_map, batched_map.detach(), atol=1e-5, rtol=0)

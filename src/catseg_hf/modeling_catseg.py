@@ -106,15 +106,25 @@ CLASS_AGGREGATION_TOKENS_PER_TILE = 8192
 DECODER_OUTPUT_PIXELS_PER_TILE = 8 * 96 * 96
 
 
-def residual_mlp(hidden: torch.Tensor, norm: nn.Module, mlp: nn.Module) -> torch.Tensor:
+def _inference_mlp(mlp: Mlp, tokens: torch.Tensor) -> torch.Tensor:
+    """timm's `Mlp` without gradients: its dropouts are inactive and its norm is the identity, and a ReLU can act in
+    place on the hidden activations instead of allocating another 4x-wide tensor."""
+    hidden = mlp.fc1(tokens)
+    hidden = hidden.relu_() if isinstance(mlp.act, nn.ReLU) else mlp.act(hidden)
+    return mlp.fc2(mlp.norm(hidden))
+
+
+def residual_mlp(hidden: torch.Tensor, norm: nn.Module, mlp: Mlp) -> torch.Tensor:
     """`hidden + mlp(norm(hidden))` over the last dimension, tiled over tokens when no gradient is needed."""
-    if torch.is_grad_enabled() or hidden.numel() <= MLP_TOKENS_PER_TILE * hidden.shape[-1]:
+    if torch.is_grad_enabled() or mlp.training:
         return hidden + mlp(norm(hidden))
     tokens = hidden.reshape(-1, hidden.shape[-1])
+    if tokens.shape[0] <= MLP_TOKENS_PER_TILE:
+        return hidden + _inference_mlp(mlp, norm(hidden))
     output = torch.empty_like(tokens)
     for start in range(0, tokens.shape[0], MLP_TOKENS_PER_TILE):
         tile = tokens[start : start + MLP_TOKENS_PER_TILE]
-        output[start : start + MLP_TOKENS_PER_TILE] = tile + mlp(norm(tile))
+        torch.add(tile, _inference_mlp(mlp, norm(tile)), out=output[start : start + MLP_TOKENS_PER_TILE])
     return output.view(hidden.shape)
 
 
@@ -321,8 +331,7 @@ class CATSegSwinBlock(nn.Module):
         attended = self.attention.attend_tile(
             self.norm1(tokens), plan["weight"], plan["terms"][image], plan["window_tokens"], attention_bias
         )
-        tokens = attended.add_(tokens)
-        tokens = tokens + self.mlp(self.norm2(tokens))
+        tokens = residual_mlp(attended.add_(tokens), self.norm2, self.mlp)
         return tokens.index_select(1, plan["inverse"])
 
 
@@ -559,8 +568,7 @@ class CATSegClassAggregation(nn.Module):
                 attended = _linear_attention_tile(
                     self.attention, self.norm1(tokens), weight, terms[image], extra_key_value, extra_key_sum
                 )
-                hidden = attended.add_(tokens)
-                hidden = hidden + self.mlp(self.norm2(hidden))
+                hidden = residual_mlp(attended.add_(tokens), self.norm2, self.mlp)
                 # The layer's output is its input plus the (unpooled) aggregated tokens, as in the pooled path.
                 outputs[image, :, pixels] = hidden.add_(tokens)
         return out
