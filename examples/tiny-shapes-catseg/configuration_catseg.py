@@ -72,7 +72,7 @@ class CATSegConfig(PretrainedConfig):
         class_chunk_size (`int`, *optional*, defaults to 64):
             The per-class parts of the aggregator (spatial aggregation, decoder) run over at most this many classes
             at a time, and views are aggregated one at a time, which bounds memory; results do not depend on it.
-            0 disables chunking.
+            0 disables chunking. Gradient-free inference on CPU uses smaller tiles still, sized for the caches.
         text_batch_size (`int`, *optional*, defaults to 256):
             Class-name prompts are encoded by the text tower in batches of this size.
         default_class_input_ids (`list`, *optional*):

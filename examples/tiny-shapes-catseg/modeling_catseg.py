@@ -91,8 +91,8 @@ class CATSegOutput(ModelOutput):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-# Inference runs the aggregator in tiles (gradient-free only; training keeps whole-tensor ops for autograd). Two
-# effects make tiles faster on CPU: a tile's intermediates stay in cache from one op to the next, and temporaries stay
+# Inference runs the aggregator in tiles (gradient-free only; training keeps whole-tensor ops for autograd); the sizes
+# below apply on CPU, accelerators keep `config.class_chunk_size` chunks. Two effects make tiles faster on CPU: a tile's intermediates stay in cache from one op to the next, and temporaries stay
 # below glibc's mmap threshold (32 MB at most), so they reuse freed heap memory instead of being mapped afresh: a
 # fresh 57 MB tensor costs ~14k page faults, ten times the time of writing it. Tiles never change a result beyond
 # float32 rounding of differently shaped matrix products.
@@ -119,7 +119,7 @@ def residual_mlp(hidden: torch.Tensor, norm: nn.Module, mlp: Mlp) -> torch.Tenso
     if torch.is_grad_enabled() or mlp.training:
         return hidden + mlp(norm(hidden))
     tokens = hidden.reshape(-1, hidden.shape[-1])
-    if tokens.shape[0] <= MLP_TOKENS_PER_TILE:
+    if tokens.shape[0] <= MLP_TOKENS_PER_TILE or tokens.device.type != "cpu":
         return hidden + _inference_mlp(mlp, norm(hidden))
     output = torch.empty_like(tokens)
     for start in range(0, tokens.shape[0], MLP_TOKENS_PER_TILE):
@@ -367,9 +367,10 @@ class CATSegSpatialAggregation(nn.Module):
         self, cost_embedding: torch.Tensor, guidance: torch.Tensor, out: torch.Tensor | None
     ) -> torch.Tensor:
         batch, num_classes, height, width, channels = cost_embedding.shape
-        maps_per_tile = max(1, SWIN_TOKENS_PER_TILE // (height * width))
-        if self.class_chunk_size > 0:
-            maps_per_tile = min(maps_per_tile, self.class_chunk_size)
+        # Small tiles are for CPU caches; an accelerator keeps the configured chunks (few, large kernels).
+        maps_per_tile = num_classes if self.class_chunk_size <= 0 else self.class_chunk_size
+        if cost_embedding.device.type == "cpu":
+            maps_per_tile = min(maps_per_tile, max(1, SWIN_TOKENS_PER_TILE // (height * width)))
         maps_per_tile = min(maps_per_tile, num_classes)
         plans = [block.tile_plan(guidance, maps_per_tile) for block in self.blocks]
         if out is None:
@@ -552,7 +553,9 @@ class CATSegClassAggregation(nn.Module):
     ) -> torch.Tensor:
         batch, num_classes, height, width, channels = cost_embedding.shape
         num_pixels = height * width
-        pixels_per_tile = max(1, CLASS_AGGREGATION_TOKENS_PER_TILE // num_classes)
+        pixels_per_tile = num_pixels
+        if cost_embedding.device.type == "cpu":
+            pixels_per_tile = max(1, CLASS_AGGREGATION_TOKENS_PER_TILE // num_classes)
         extra_key_value = extra_key_sum = None
         num_padding = self.pad_len - num_classes
         if num_padding > 0:
