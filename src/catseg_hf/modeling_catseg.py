@@ -140,6 +140,20 @@ def _chunk_slices(length: int, chunk_size: int) -> list[slice]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def fused_guided_projection(
+    query: nn.Linear, key: nn.Linear, value: nn.Linear, guidance: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the tiled inference paths, where queries and keys act on `[token ; guidance]` and values on the token:
+    the token-part weights of query, key and value stacked `(3 * dim, dim)` for one matrix product, and the terms
+    that do not depend on the token (guidance parts of query and key, the three biases) `(..., 3 * dim)`."""
+    dim = value.in_features
+    query_term = F.linear(guidance, query.weight[:, dim:], query.bias)
+    key_term = F.linear(guidance, key.weight[:, dim:], key.bias)
+    terms = torch.cat([query_term, key_term, value.bias.expand_as(query_term)], dim=-1)
+    weight = torch.cat([query.weight[:, :dim], key.weight[:, :dim], value.weight])
+    return weight, terms
+
+
 def shifted_window_attention_mask(
     height: int, width: int, window_size: int, shift_size: int, device: torch.device
 ) -> torch.Tensor:
@@ -183,14 +197,8 @@ class CATSegWindowAttention(nn.Module):
         return query, key
 
     def projection_terms(self, guidance_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For the tiled inference path: the token-part weights of query, key and value stacked `(3 * dim, dim)`,
-        and per image the guidance parts of query and key plus the three biases `(B, N, 3 * dim)`, from guidance
-        tokens `(B, N, G)` (in window order)."""
-        query = F.linear(guidance_tokens, self.query.weight[:, self.dim :], self.query.bias)
-        key = F.linear(guidance_tokens, self.key.weight[:, self.dim :], self.key.bias)
-        terms = torch.cat([query, key, self.value.bias.expand_as(query)], dim=-1)
-        weight = torch.cat([self.query.weight[:, : self.dim], self.key.weight[:, : self.dim], self.value.weight])
-        return weight, terms
+        """`fused_guided_projection` for guidance tokens `(B, N, G)` in window order: terms `(B, N, 3 * dim)`."""
+        return fused_guided_projection(self.query, self.key, self.value, guidance_tokens)
 
     def attend_tile(
         self,
@@ -437,6 +445,17 @@ class CATSegLinearAttention(nn.Module):
         contributions of further keys/values that are the same at every pixel (the class padding), added exactly.
         """
         query, key, value = self.project(tokens, guidance)
+        return self._attend(query, key, value, extra_key_value, extra_key_sum)
+
+    def _attend(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        extra_key_value: torch.Tensor | None,
+        extra_key_sum: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Feature-mapped `query`/`key` and `value` (B, T, P, heads, head_dim) -> attended (B, T, P, dim)."""
         key_value = torch.einsum("btphd,btphe->bphde", key, value)
         key_sum = key.sum(dim=1)
         if extra_key_value is not None:
@@ -446,31 +465,29 @@ class CATSegLinearAttention(nn.Module):
         attended = torch.einsum("btphd,bphde->btphe", query, key_value) / normaliser.unsqueeze(-1)
         return attended.flatten(-2)
 
+    def projection_terms(self, guidance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`fused_guided_projection` for per-class guidance `(B, T, G)`: terms `(B, T, 1, 3 * dim)`, shared by the
+        pixels."""
+        weight, terms = fused_guided_projection(self.query, self.key, self.value, guidance)
+        return weight, terms.unsqueeze(-2)
 
-def _linear_attention_tile(
-    attention: CATSegLinearAttention,
-    normed: torch.Tensor,
-    weight: torch.Tensor,
-    terms: torch.Tensor,
-    extra_key_value: torch.Tensor | None,
-    extra_key_sum: torch.Tensor | None,
-) -> torch.Tensor:
-    """Tiled inference path of `CATSegLinearAttention`: `normed` (T, p, dim) normalised tokens of one image at p
-    pixels, `weight` (3 * dim, dim) and per-class `terms` (T, 1, 3 * dim) from `projection_terms`."""
-    num_classes, num_pixels, dim = normed.shape
-    qkv = F.linear(normed, weight).add_(terms)
-    split = (num_classes, num_pixels, attention.num_heads, -1)
-    query_key = F.elu(qkv[..., : 2 * dim]).add_(1.0)
-    query, key = query_key[..., :dim].view(split), query_key[..., dim:].view(split)
-    value = qkv[..., 2 * dim :].reshape(split)
-    key_value = torch.einsum("tphd,tphe->phde", key, value)
-    key_sum = key.sum(dim=0)
-    if extra_key_value is not None:
-        key_value = key_value + extra_key_value
-        key_sum = key_sum + extra_key_sum
-    normaliser = torch.einsum("tphd,phd->tph", query, key_sum).add_(attention.eps)
-    attended = torch.einsum("tphd,phde->tphe", query, key_value).div_(normaliser.unsqueeze(-1))
-    return attended.flatten(-2)
+    def attend_tile(
+        self,
+        normed: torch.Tensor,
+        weight: torch.Tensor,
+        terms: torch.Tensor,
+        extra_key_value: torch.Tensor | None,
+        extra_key_sum: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Tiled inference path: `normed` (T, p, dim) normalised tokens of one image at p pixels, with `weight`
+        (3 * dim, dim) and that image's `terms` (T, 1, 3 * dim) from `projection_terms`. Returns (T, p, dim)."""
+        num_classes, num_pixels, dim = normed.shape
+        qkv = F.linear(normed, weight).add_(terms)
+        split = (1, num_classes, num_pixels, self.num_heads, -1)
+        query_key = F.elu(qkv[..., : 2 * dim]).add_(1.0)
+        query, key = query_key[..., :dim].view(split), query_key[..., dim:].view(split)
+        value = qkv[..., 2 * dim :].reshape(split)
+        return self._attend(query, key, value, extra_key_value, extra_key_sum)[0]
 
 
 class CATSegClassAggregation(nn.Module):
@@ -500,17 +517,6 @@ class CATSegClassAggregation(nn.Module):
         _, key, value = self.attention.project(self.norm1(self.padding_token), self.padding_guidance)
         key_value = torch.einsum("hd,he->hde", key, value) * num_padding
         return key_value, key * num_padding
-
-    def projection_terms(self, text_guidance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stacked token-part weights `(3 * dim, dim)` of query, key and value, and per class the guidance parts of
-        query and key plus the three biases `(B, T, 1, 3 * dim)`, from `text_guidance` (B, T, G)."""
-        attention = self.attention
-        dim = attention.dim
-        query = F.linear(text_guidance, attention.query.weight[:, dim:], attention.query.bias)
-        key = F.linear(text_guidance, attention.key.weight[:, dim:], attention.key.bias)
-        terms = torch.cat([query, key, attention.value.bias.expand_as(query)], dim=-1).unsqueeze(-2)
-        weight = torch.cat([attention.query.weight[:, :dim], attention.key.weight[:, :dim], attention.value.weight])
-        return weight, terms
 
     def forward(
         self,
@@ -560,7 +566,7 @@ class CATSegClassAggregation(nn.Module):
         num_padding = self.pad_len - num_classes
         if num_padding > 0:
             extra_key_value, extra_key_sum = self.padding_contribution(num_padding)
-        weight, terms = self.projection_terms(text_guidance)
+        weight, terms = self.attention.projection_terms(text_guidance)
         if out is None:
             out = torch.empty(cost_embedding.shape, dtype=cost_embedding.dtype, device=cost_embedding.device)
         inputs = cost_embedding.reshape(batch, num_classes, num_pixels, channels)
@@ -568,8 +574,8 @@ class CATSegClassAggregation(nn.Module):
         for image in range(batch):
             for pixels in _chunk_slices(num_pixels, pixels_per_tile):
                 tokens = inputs[image, :, pixels].contiguous()
-                attended = _linear_attention_tile(
-                    self.attention, self.norm1(tokens), weight, terms[image], extra_key_value, extra_key_sum
+                attended = self.attention.attend_tile(
+                    self.norm1(tokens), weight, terms[image], extra_key_value, extra_key_sum
                 )
                 hidden = residual_mlp(attended.add_(tokens), self.norm2, self.mlp)
                 # The layer's output is its input plus the (unpooled) aggregated tokens, as in the pooled path.
