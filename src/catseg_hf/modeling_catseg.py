@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -92,10 +93,11 @@ class CATSegOutput(ModelOutput):
 
 
 # Inference runs the aggregator in tiles (gradient-free only; training keeps whole-tensor ops for autograd); the sizes
-# below apply on CPU, accelerators keep `config.class_chunk_size` chunks. Two effects make tiles faster on CPU: a tile's intermediates stay in cache from one op to the next, and temporaries stay
-# below glibc's mmap threshold (32 MB at most), so they reuse freed heap memory instead of being mapped afresh: a
-# fresh 57 MB tensor costs ~14k page faults, ten times the time of writing it. Tiles never change a result beyond
-# float32 rounding of differently shaped matrix products.
+# below apply on CPU, accelerators keep `config.class_chunk_size` chunks. Two effects make tiles faster on CPU: a
+# tile's intermediates stay in cache from one op to the next, and temporaries stay below glibc's mmap threshold
+# (32 MB at most), so they reuse freed heap memory instead of being mapped afresh: a fresh 57 MB tensor costs ~14k
+# page faults, ten times the time of writing it. Tiles never change a result beyond float32 rounding of differently
+# shaped matrix products.
 # Tokens per tile of the residual MLPs (the 4x-wide hidden activations of a tile stay in cache).
 MLP_TOKENS_PER_TILE = 4096
 # Class-map tokens (classes x H x W) per tile of the Swin blocks: 8 classes at 24x24.
@@ -263,6 +265,17 @@ def _merge_windows(windows: torch.Tensor, window_size: int, shift_size: int, hei
     return merged
 
 
+class SwinTilePlan(NamedTuple):
+    """Per image batch and Swin block, what the tiles of the gradient-free path share."""
+
+    window_order: torch.Tensor  # raster index of the token at each position of the (shifted) windows, window by window
+    raster_order: torch.Tensor  # its inverse: window-order position of each raster token
+    weight: torch.Tensor  # stacked token-part weights of query, key and value (3 * dim, dim)
+    terms: torch.Tensor  # per image, guidance parts and biases in window order (B, H * W, 3 * dim)
+    window_tokens: int
+    attention_bias: torch.Tensor | None  # shifted-window bias repeated for the largest tile (maps * windows, 1, t, t)
+
+
 class CATSegSwinBlock(nn.Module):
     """A pre-norm Swin block (no relative position bias) whose attention is guided by the appearance features."""
 
@@ -305,9 +318,9 @@ class CATSegSwinBlock(nn.Module):
         hidden = hidden + attended.view(hidden.shape)
         return residual_mlp(hidden, self.norm2, self.mlp)
 
-    def tile_plan(self, guidance: torch.Tensor, max_maps: int) -> dict:
-        """What the tiled inference path shares between the tiles of one image batch: the window order of the
-        tokens and its inverse, the projection weight and terms, and the shifted-window bias for `max_maps` maps."""
+    def tile_plan(self, guidance: torch.Tensor, max_maps: int) -> SwinTilePlan:
+        """What the tiled inference path shares between the tiles of one image batch, with the shifted-window bias
+        sized for `max_maps` maps."""
         batch, height, width, _ = guidance.shape
         window_size, shift_size = self.window_geometry(height, width)
         raster = torch.arange(height * width, device=guidance.device).view(1, height, width, 1)
@@ -319,28 +332,21 @@ class CATSegSwinBlock(nn.Module):
         if shift_size:
             mask = shifted_window_attention_mask(height, width, window_size, shift_size, guidance.device)
             attention_bias = mask.to(guidance.dtype).unsqueeze(1).repeat(max_maps, 1, 1, 1)
-        return {
-            "order": order,
-            "inverse": inverse,
-            "weight": weight,
-            "terms": terms,
-            "window_tokens": window_size * window_size,
-            "attention_bias": attention_bias,
-        }
+        return SwinTilePlan(order, inverse, weight, terms, window_size * window_size, attention_bias)
 
-    def forward_tile(self, maps: torch.Tensor, plan: dict, image: int) -> torch.Tensor:
+    def forward_tile(self, maps: torch.Tensor, plan: SwinTilePlan, image: int) -> torch.Tensor:
         """Tiled inference path: class maps `(n, H*W, C)` of one image (raster order) -> the block's output, same
         layout."""
         num_maps = maps.shape[0]
-        tokens = maps.index_select(1, plan["order"])
-        attention_bias = plan["attention_bias"]
+        tokens = maps.index_select(1, plan.window_order)
+        attention_bias = plan.attention_bias
         if attention_bias is not None:
-            attention_bias = attention_bias[: num_maps * (maps.shape[1] // plan["window_tokens"])]
+            attention_bias = attention_bias[: num_maps * (maps.shape[1] // plan.window_tokens)]
         attended = self.attention.attend_tile(
-            self.norm1(tokens), plan["weight"], plan["terms"][image], plan["window_tokens"], attention_bias
+            self.norm1(tokens), plan.weight, plan.terms[image], plan.window_tokens, attention_bias
         )
         tokens = residual_mlp(attended.add_(tokens), self.norm2, self.mlp)
-        return tokens.index_select(1, plan["inverse"])
+        return tokens.index_select(1, plan.raster_order)
 
 
 class CATSegSpatialAggregation(nn.Module):
