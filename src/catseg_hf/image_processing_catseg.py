@@ -7,7 +7,7 @@ into saved model folders so that they load with `trust_remote_code=True` where `
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -562,8 +562,11 @@ def _as_size_list(value: Any, name: str) -> list[tuple[int, int]]:
     return sizes
 
 
-def _fold_tiles(tile_maps: torch.Tensor, canvas_h: int, canvas_w: int, tile: int, stride: int) -> torch.Tensor:
-    """Tiles `(num_tiles, C, tile, tile)` (row-major origins) summed onto a `(C, canvas_h, canvas_w)` canvas.
+def _fold_tiles(
+    tile_map: Callable[[int], torch.Tensor], num_channels: int, canvas_h: int, canvas_w: int, tile: int, stride: int
+) -> torch.Tensor:
+    """The tiles `tile_map(index)` `(C, tile, tile)` (row-major origins) summed onto a `(C, canvas_h, canvas_w)`
+    canvas, each tile made only when it is added.
 
     The same sums as `F.fold` over the tiles' flattened columns, added in fold's order (at every pixel the tile with
     the later origin first), so the result is bit-identical; fold's strided column reads made it take two thirds of
@@ -573,10 +576,13 @@ def _fold_tiles(tile_maps: torch.Tensor, canvas_h: int, canvas_w: int, tile: int
         for top in range(0, canvas_h - tile + 1, stride)
         for left in range(0, canvas_w - tile + 1, stride)
     ]
-    canvas = tile_maps.new_zeros(tile_maps.shape[1], canvas_h, canvas_w)
+    canvas = None
     for index in reversed(range(len(origins))):
         top, left = origins[index]
-        canvas[:, top : top + tile, left : left + tile] += tile_maps[index]
+        values = tile_map(index)
+        if canvas is None:
+            canvas = values.new_zeros(num_channels, canvas_h, canvas_w)
+        canvas[:, top : top + tile, left : left + tile] += values
     return canvas
 
 
@@ -599,15 +605,10 @@ def _postprocess_one(
     if sliding:
         canvas_h, canvas_w, tile, stride = layout
         num_tiles = _num_views(layout) - 1
-        per_class = (num_tiles + 1) * tile * tile + canvas_h * canvas_w * 2 + target[0] * target[1] * 2
+        per_class = tile * tile + canvas_h * canvas_w * 2 + target[0] * target[1] * 2
         # The overlap count of every canvas pixel, as the official fold(unfold(ones)).
-        counts = _fold_tiles(
-            torch.ones(num_tiles, 1, tile, tile, dtype=torch.float32, device=logits.device),
-            canvas_h,
-            canvas_w,
-            tile,
-            stride,
-        )
+        ones = torch.ones(1, tile, tile, dtype=torch.float32, device=logits.device)
+        counts = _fold_tiles(lambda index: ones, 1, canvas_h, canvas_w, tile, stride)
     else:
         per_class = logits.shape[-2] * logits.shape[-1] + target[0] * target[1] * 2
     chunk = _POSTPROCESS_CHUNK_ELEMENTS // per_class // _POSTPROCESS_CHUNK_ALIGN * _POSTPROCESS_CHUNK_ALIGN
@@ -617,10 +618,18 @@ def _postprocess_one(
         chunk_logits = logits.index_select(1, class_ids).float()
         if sliding:
             # In-place ops below compute the same values as the official out-of-place expressions, with less memory.
-            probs = F.interpolate(chunk_logits, size=(tile, tile), mode="bilinear", align_corners=False).sigmoid_()
-            global_probs = F.interpolate(probs[-1:], size=(canvas_h, canvas_w), mode="bilinear", align_corners=False)
-            merged = _fold_tiles(probs[:-1], canvas_h, canvas_w, tile, stride)
-            del probs
+            # View by view (the resize treats every view and class alone, so this is bit-identical to one call):
+            # the resized views are the largest temporaries of post-processing.
+            def view_probabilities(view: int) -> torch.Tensor:
+                resized = F.interpolate(
+                    chunk_logits[view : view + 1], size=(tile, tile), mode="bilinear", align_corners=False
+                )
+                return resized.sigmoid_()[0]
+
+            merged = _fold_tiles(view_probabilities, len(class_ids), canvas_h, canvas_w, tile, stride)
+            global_probs = F.interpolate(
+                view_probabilities(num_tiles).unsqueeze(0), size=(canvas_h, canvas_w), mode="bilinear", align_corners=False
+            )
             # (tiles summed / overlap count + global) / 2, in this order.
             merged = merged.div_(counts).unsqueeze(0).add_(global_probs).div_(2.0)
             del global_probs
