@@ -27,8 +27,9 @@ script.
 
 from __future__ import annotations
 
+import itertools
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ __all__ = [
     "rgb_to_hsv_uint8",
     "hsv_to_rgb_uint8",
     "train_transform",
+    "transform_training_batch",
     "TrainTransform",
     "EvalTransform",
     "to_uint8_rgb",
@@ -466,6 +468,27 @@ def _worker_rng(seed: int | None) -> np.random.Generator:
     return np.random.default_rng(int(seed))
 
 
+def transform_training_batch(
+    batch: Mapping[str, Sequence[Any]],
+    generators: Iterable[np.random.Generator],
+    transform_kwargs: Mapping[str, Any],
+    transform_name: str,
+) -> dict[str, list[np.ndarray]]:
+    """:func:`train_transform` applied to every example of a `datasets` batch, the i-th with the i-th generator.
+    `transform_name` names the calling transform in the error for missing columns."""
+    if "image" not in batch or "label" not in batch:
+        raise KeyError(
+            f"{transform_name} needs 'image' and 'label' columns, got {sorted(batch)}. Load the data with "
+            "catseg_hf.data.load_segmentation_dataset (which standardises the names) or rename the columns."
+        )
+    images, labels = [], []
+    for image, label, rng in zip(batch["image"], batch["label"], generators):
+        image, label = train_transform(image, label, rng, **transform_kwargs)
+        images.append(image)
+        labels.append(label)
+    return {"image": images, "label": labels}
+
+
 class TrainTransform:
     """Batch transform for ``datasets.Dataset.set_transform`` implementing :func:`train_transform`.
 
@@ -521,18 +544,7 @@ class TrainTransform:
         return self._rng
 
     def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[np.ndarray]]:
-        if "image" not in batch or "label" not in batch:
-            raise KeyError(
-                f"TrainTransform needs 'image' and 'label' columns, got {sorted(batch)}. Load the data with "
-                "catseg_hf.data.load_segmentation_dataset (which standardises the names) or rename the columns."
-            )
-        rng = self._generator()
-        images, labels = [], []
-        for image, label in zip(batch["image"], batch["label"]):
-            img, lab = train_transform(image, label, rng, **self.kwargs)
-            images.append(img)
-            labels.append(lab)
-        return {"image": images, "label": labels}
+        return transform_training_batch(batch, itertools.repeat(self._generator()), self.kwargs, type(self).__name__)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())

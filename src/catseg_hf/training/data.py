@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from transformers import TrainerCallback
 
-from ..data.transforms import TrainTransform, train_transform
+from ..data.transforms import TrainTransform, transform_training_batch
 
 __all__ = ["EXAMPLE_INDEX_COLUMN", "EpochSetterCallback", "IndexedTrainTransform", "with_example_index"]
 
@@ -73,18 +73,10 @@ class IndexedTrainTransform:
     def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[np.ndarray]]:
         if self.index_column not in batch:
             return self._fallback(batch)
-        if "image" not in batch or "label" not in batch:
-            raise KeyError(
-                f"IndexedTrainTransform needs 'image' and 'label' columns, got {sorted(batch)}. Load the data with "
-                "catseg_hf.data.load_segmentation_dataset (which standardises the names) or rename the columns."
-            )
-        images, labels = [], []
-        for image, label, index in zip(batch["image"], batch["label"], batch[self.index_column]):
-            rng = np.random.default_rng([self.seed, int(self.epoch), int(index)])
-            image, label = train_transform(image, label, rng, **self.transform_kwargs)
-            images.append(image)
-            labels.append(label)
-        return {"image": images, "label": labels}
+        generators = (
+            np.random.default_rng([self.seed, int(self.epoch), int(index)]) for index in batch[self.index_column]
+        )
+        return transform_training_batch(batch, generators, self.transform_kwargs, type(self).__name__)
 
     def __repr__(self) -> str:
         options = ", ".join(f"{key}={value!r}" for key, value in self.transform_kwargs.items())
