@@ -1,4 +1,5 @@
-"""CATSegModel behaviour on tiny random configurations: shapes, presets, top-k, padding, loss, modes, saving."""
+"""CATSegForSemanticSegmentation on tiny random configurations: shapes, presets, top-k, padding, loss, modes, saving,
+half precision, export."""
 
 from __future__ import annotations
 
@@ -9,16 +10,17 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation
 
-from catseg_hf import CATSegConfig, CATSegModel, modeling_catseg
+from catseg_hf import CATSegConfig, CATSegForSemanticSegmentation, CATSegModel, modeling_catseg
 from catseg_hf.modeling_catseg import CATSegClassAggregation, compute_cost_volume
 from catseg_hf.testing_utils import tiny_catseg_config
+from catseg_hf.training.optim import apply_clip_finetune_policy
 
 
-def make_model(seed: int = 0, **overrides) -> CATSegModel:
+def make_model(seed: int = 0, **overrides) -> CATSegForSemanticSegmentation:
     torch.manual_seed(seed)
-    model = CATSegModel(tiny_catseg_config(**overrides)).eval()
+    model = CATSegForSemanticSegmentation(tiny_catseg_config(**overrides)).eval()
     # Non-trivial padding vectors, so the padding path is really exercised (they start at zero, as in the reference).
     with torch.no_grad():
         for layer in model.aggregator.layers:
@@ -27,7 +29,7 @@ def make_model(seed: int = 0, **overrides) -> CATSegModel:
     return model
 
 
-def random_inputs(model: CATSegModel, batch: int = 2, num_classes: int = 5, templates: int | None = None):
+def random_inputs(model: CATSegForSemanticSegmentation, batch: int = 2, num_classes: int = 5, templates: int | None = None):
     templates = templates or model.config.num_prompt_templates
     generator = torch.Generator().manual_seed(1)
     resolution = model.config.clip_resolution
@@ -128,13 +130,65 @@ def test_bad_inputs_raise_clear_errors():
         model(pixel_values=torch.randn(1, 3, 48, 48), input_ids=input_ids)  # 3x3 grid, windows of 2
 
 
-def test_processor_metadata_is_handed_back():
+def test_sliding_views_stay_in_their_image_row():
+    model = make_model()
+    pixel_values, input_ids = random_inputs(model, batch=6, num_classes=5)
+    views = pixel_values.view(2, 3, *pixel_values.shape[1:])  # 2 images of 3 views each
+    with torch.no_grad():
+        embeddings = model.get_class_embeddings(input_ids)
+        flat = model(pixel_values=pixel_values, class_embeddings=embeddings, output_intermediates=True)
+        stacked = model(pixel_values=views, class_embeddings=embeddings, output_intermediates=True)
+    assert stacked.logits.shape == (2, 3, 5, 16, 16)
+    torch.testing.assert_close(stacked.logits.flatten(0, 1), flat.logits, atol=1e-6, rtol=0)
+    assert stacked.cost_volume.shape[:2] == (2, 3)
+    with pytest.raises(ValueError, match="whole-image inputs"):
+        model(pixel_values=views, class_embeddings=embeddings, labels=torch.zeros(2, 8, 8, dtype=torch.long))
+
+
+def test_processor_bookkeeping_and_ambiguous_inputs_are_refused():
     model = make_model()
     pixel_values, input_ids = random_inputs(model, batch=1)
-    sizes, layout = torch.tensor([[480, 640]]), torch.tensor([[0, 0, 0, 0]])
+    with pytest.raises(TypeError, match="view_layout"):
+        model(pixel_values=pixel_values, input_ids=input_ids, view_layout=torch.zeros(1, 4))
     with torch.no_grad():
-        outputs = model(pixel_values=pixel_values, input_ids=input_ids, original_sizes=sizes, view_layout=layout)
-    assert outputs.original_sizes is sizes and outputs.view_layout is layout
+        embeddings = model.get_class_embeddings(input_ids)
+    with pytest.raises(ValueError, match="either input_ids or class_embeddings"):
+        model(pixel_values=pixel_values, input_ids=input_ids, class_embeddings=embeddings)
+    with pytest.raises(ValueError, match="dimension 7"):
+        model(pixel_values=pixel_values, class_embeddings=torch.randn(5, 1, 7))
+
+
+def test_hidden_states_and_attentions_of_the_vision_tower():
+    model = make_model()
+    model.set_attn_implementation("eager")
+    pixel_values, input_ids = random_inputs(model, batch=2)
+    num_blocks = model.config.clip_config.vision_config.num_hidden_layers
+    with torch.no_grad():
+        plain = model(pixel_values=pixel_values, input_ids=input_ids)
+        outputs = model(pixel_values=pixel_values, input_ids=input_ids, output_hidden_states=True, output_attentions=True)
+        as_tuple = model(pixel_values=pixel_values, input_ids=input_ids, return_dict=False)
+    assert plain.hidden_states is None and plain.attentions is None
+    # The input embeddings and every standard block; the last block runs in dense mode (no attention between tokens).
+    assert len(outputs.hidden_states) == num_blocks and len(outputs.attentions) == num_blocks - 1
+    assert outputs.hidden_states[0].shape == (2, 17, 32) and outputs.attentions[0].shape == (2, 2, 17, 17)
+    torch.testing.assert_close(outputs.logits, plain.logits, atol=1e-5, rtol=0)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], plain.logits)
+    taps = model.get_image_features(pixel_values, output_hidden_states=True)
+    assert taps.pooler_output.shape == (2, 16) and torch.equal(taps.pooler_output, taps.last_hidden_state[:, 0])
+    torch.testing.assert_close(taps.hidden_states[1 + model.config.guidance_layer_indices[0]], taps.guidance_taps[0])
+    as_tuple_features = model.get_image_features(pixel_values, return_dict=False)
+    assert isinstance(as_tuple_features, tuple) and torch.equal(as_tuple_features[0], taps.last_hidden_state)
+
+
+def test_eager_and_sdpa_give_the_same_outputs():
+    model = make_model()
+    pixel_values, input_ids = random_inputs(model, batch=2)
+    with torch.no_grad():
+        sdpa = model(pixel_values=pixel_values, input_ids=input_ids).logits
+        model.set_attn_implementation("eager")
+        assert model.clip.vision_model.config._attn_implementation == "eager"
+        eager = model(pixel_values=pixel_values, input_ids=input_ids).logits
+    torch.testing.assert_close(eager, sdpa, atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------ classes
@@ -250,11 +304,15 @@ def test_loss_counts_ignored_pixels_as_background():
 
 @pytest.mark.parametrize("mode", ["attention", "frozen", "full"])
 def test_clip_finetune_modes(mode):
-    model = make_model(clip_finetune=mode)
+    model = make_model()
+    apply_clip_finetune_policy(model, mode)
+    assert model.config.clip_finetune == mode
     trainable = {name for name, p in model.clip.named_parameters() if p.requires_grad}
+    never = {name[len("clip."):] for name in model.parameters_without_gradient}
     all_clip = {name for name, _ in model.clip.named_parameters()}
+    assert not trainable & never
     if mode == "full":
-        assert trainable == all_clip
+        assert trainable == all_clip - never
     elif mode == "frozen":
         assert trainable == set()
     else:
@@ -264,9 +322,24 @@ def test_clip_finetune_modes(mode):
             for i in range(layers)
             for proj in ("q", "v")
         }
-        assert trainable == expected
+        # The last vision block runs in dense mode: its query projection is never used.
+        assert trainable == expected - {"vision_model.encoder.layers.3.self_attn.q_proj.weight"}
     assert all(p.requires_grad for p in model.aggregator.parameters())
     assert all(p.requires_grad for p in model.guidance_upsamplers.parameters())
+    with pytest.raises(ValueError, match="Unknown CLIP fine-tuning mode"):
+        apply_clip_finetune_policy(model, "lora")
+
+
+def test_every_trainable_parameter_gets_a_gradient():
+    """What distributed data parallelism without `find_unused_parameters` needs, in every fine-tuning mode."""
+    for mode in ("full", "attention"):
+        model = make_model()
+        apply_clip_finetune_policy(model, mode)
+        model.train()
+        pixel_values, input_ids = random_inputs(model, batch=2, num_classes=3)
+        model(pixel_values=pixel_values, input_ids=input_ids, labels=torch.randint(0, 3, (2, 16, 16))).loss.backward()
+        missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, (mode, missing)
 
 
 def test_gradients_flow_and_gradient_checkpointing_matches():
@@ -287,34 +360,28 @@ def test_gradients_flow_and_gradient_checkpointing_matches():
     assert model.aggregator.head.weight.grad.abs().sum() > 0
 
 
-# ------------------------------------------------------------------------------------------------ cache
+# ------------------------------------------------------------------------------------------------ vocabulary
 
 
-def test_class_embedding_cache_skips_repeated_text_encoding():
+def test_default_vocabulary_embeddings_are_computed_once_per_text_tower_state():
     model = make_model()
     pixel_values, input_ids = random_inputs(model, batch=1, num_classes=4)
+    model.config.default_class_input_ids = input_ids[..., :12].tolist()
     calls = []
     handle = model.clip.text_model.embeddings.register_forward_hook(lambda *args: calls.append(1))
     try:
         with torch.no_grad():
-            first = model(pixel_values=pixel_values, input_ids=input_ids).logits
-            second = model(pixel_values=pixel_values, input_ids=input_ids.clone()).logits
+            first = model(pixel_values=pixel_values).logits
+            second = model(pixel_values=pixel_values).logits
             assert len(calls) == 1
-            model(pixel_values=pixel_values, input_ids=input_ids[:3])  # another vocabulary
-            assert len(calls) == 2
-            # Weights change (as in a training step): the cache must not serve stale embeddings.
-            model.clip.text_projection.weight.mul_(2.0)
-            third = model.get_class_embeddings(input_ids)
-            assert len(calls) == 3
-        torch.testing.assert_close(first, second)
-        for extra in range(20):  # bounded
-            with torch.no_grad():
-                model.get_class_embeddings(input_ids[: 1 + extra % 4].roll(extra, dims=-1))
-        assert len(model._class_embedding_cache) <= model.class_embedding_cache_size
-        model.train()
-        model.get_class_embeddings(input_ids)  # with gradients in training: always recomputed
-        assert len(calls) > 3 + 4
-        assert third.shape == (4, 1, 16)
+            explicit = model(pixel_values=pixel_values, input_ids=input_ids).logits
+            model(pixel_values=pixel_values, input_ids=input_ids)
+            assert len(calls) == 3  # explicit ids are always encoded: the model keeps no cache of them
+            model.clip.text_projection.weight.mul_(2.0)  # as a training step would
+            model(pixel_values=pixel_values)
+            assert len(calls) == 4
+        torch.testing.assert_close(first, second, atol=0, rtol=0)
+        torch.testing.assert_close(first, explicit, atol=1e-6, rtol=0)
     finally:
         handle.remove()
 
@@ -322,21 +389,36 @@ def test_class_embedding_cache_skips_repeated_text_encoding():
 # ------------------------------------------------------------------------------------------------ saving / loading
 
 
-def test_save_load_round_trip_and_auto_classes(tmp_path):
-    model = make_model()
+@pytest.mark.parametrize("saved_class", [CATSegForSemanticSegmentation, CATSegModel])
+def test_save_load_round_trip_and_auto_classes(tmp_path, saved_class):
+    torch.manual_seed(0)
+    model = saved_class(tiny_catseg_config()).eval()
     pixel_values, input_ids = random_inputs(model, batch=1, num_classes=10)
     with torch.no_grad():
         expected = model(pixel_values=pixel_values, input_ids=input_ids).logits
     model.save_pretrained(tmp_path)
     config = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(config, CATSegConfig) and config.pad_len == 8
-    for loaded in (CATSegModel.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)):
-        assert isinstance(loaded, CATSegModel)
+    assert config.architectures == [saved_class.__name__]
+    assert {"AutoModel", "AutoModelForSemanticSegmentation"} <= set(config.auto_map)
+    loaders = (
+        CATSegForSemanticSegmentation.from_pretrained,
+        CATSegModel.from_pretrained,
+        AutoModel.from_pretrained,
+        AutoModelForSemanticSegmentation.from_pretrained,
+    )
+    for load in loaders:
+        loaded, info = load(tmp_path, output_loading_info=True)
+        assert isinstance(loaded, CATSegForSemanticSegmentation)
+        assert not info["missing_keys"] and not info["unexpected_keys"]
         loaded.eval()
         with torch.no_grad():
             torch.testing.assert_close(loaded(pixel_values=pixel_values, input_ids=input_ids).logits, expected, rtol=0, atol=0)
+        # Loading makes every parameter trainable (transformers' rule); training set-up applies the policy.
+        apply_clip_finetune_policy(loaded)
         trainable = {n for n, p in loaded.clip.named_parameters() if p.requires_grad}
         assert trainable and all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in trainable)
+        assert not {f"clip.{n}" for n in trainable} & set(loaded.parameters_without_gradient)
 
 
 def test_remote_code_loads_without_the_package(tmp_path):
@@ -356,14 +438,15 @@ def test_remote_code_loads_without_the_package(tmp_path):
                     raise ImportError("catseg_hf is blocked in this test")
         sys.meta_path.insert(0, BlockCatseg())
         import torch
-        from transformers import AutoModel
-        model = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
-        assert not any(m.startswith("catseg_hf") for m in sys.modules), "catseg_hf was imported"
+        from transformers import AutoModel, AutoModelForSemanticSegmentation
         inputs = torch.load({str(tmp_path / "inputs.pt")!r})
-        with torch.no_grad():
-            logits = model(**inputs).logits
-        torch.testing.assert_close(logits, torch.load({str(tmp_path / "expected.pt")!r}), rtol=0, atol=0)
-        print("loaded", type(model).__module__)
+        for auto_class in (AutoModel, AutoModelForSemanticSegmentation):
+            model = auto_class.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
+            with torch.no_grad():
+                logits = model(**inputs).logits
+            torch.testing.assert_close(logits, torch.load({str(tmp_path / "expected.pt")!r}), rtol=0, atol=0)
+            print("loaded", type(model).__module__, type(model).__name__)
+        assert not any(m.startswith("catseg_hf") for m in sys.modules), "catseg_hf was imported"
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -386,7 +469,6 @@ def test_truncated_text_encoding_equals_full_clip_text_tower():
         attention_mask[row, 0, :length] = 1
     with torch.no_grad():
         fast = model.get_class_embeddings(input_ids, attention_mask)
-        model._class_embedding_cache.clear()
         fast_no_mask = model.get_class_embeddings(input_ids)
         full = model.clip.get_text_features(input_ids=input_ids[:, 0], attention_mask=attention_mask[:, 0]).pooler_output
     full = full / full.norm(dim=-1, keepdim=True)
@@ -543,10 +625,64 @@ def test_image_features_one_view_at_a_time_equal_the_batch():
         batched = model.get_image_features(pixel_values)
     with torch.no_grad():
         per_view = model.get_image_features(pixel_values)
-    for name in ("dense_embeddings", "image_embeddings"):
+    for name in ("last_hidden_state", "pooler_output", "image_embeddings"):
         torch.testing.assert_close(getattr(per_view, name), getattr(batched, name).detach(), atol=1e-5, rtol=0)
     for per_view_map, batched_map in zip(
         per_view.guidance_taps + per_view.decoder_guidance, batched.guidance_taps + batched.decoder_guidance
     ):
         assert per_view_map.shape == batched_map.shape
         torch.testing.assert_close(per_view_map, batched_map.detach(), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ precision, export
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("num_classes", [5, 13])
+def test_half_precision_models_run_and_stay_close(dtype, num_classes):
+    model = make_model()
+    pixel_values, input_ids = random_inputs(model, batch=2, num_classes=num_classes)
+    with torch.no_grad():
+        reference = model(pixel_values=pixel_values, input_ids=input_ids).logits
+        model.to(dtype)
+        logits = model(pixel_values=pixel_values, input_ids=input_ids).logits
+        sliding = model(pixel_values=pixel_values.view(1, 2, *pixel_values.shape[1:]), input_ids=input_ids).logits
+    assert logits.dtype == dtype and sliding.dtype == dtype
+    kept = reference != -100.0
+    assert torch.equal(kept, logits != -100.0)
+    assert (logits.float() - reference)[kept].abs().max() < 0.25 * reference.abs().max()
+    model.train()
+    loss = model(pixel_values=pixel_values, input_ids=input_ids, labels=torch.randint(0, 3, (2, 16, 16))).loss
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_from_pretrained_with_a_dtype_runs(tmp_path):
+    make_model().save_pretrained(tmp_path)
+    model = CATSegForSemanticSegmentation.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert model.dtype == torch.bfloat16
+    pixel_values, input_ids = random_inputs(model, batch=1)
+    with torch.no_grad():
+        assert model(pixel_values=pixel_values, input_ids=input_ids).logits.dtype == torch.bfloat16
+
+
+def test_torch_export_with_class_embeddings_matches_eager():
+    model = make_model()
+    pixel_values, input_ids = random_inputs(model, batch=2, num_classes=5)
+    with torch.no_grad():
+        embeddings = model.get_class_embeddings(input_ids)
+        expected = model(pixel_values=pixel_values, class_embeddings=embeddings).logits
+        exported = torch.export.export(model, args=(), kwargs={"pixel_values": pixel_values, "class_embeddings": embeddings})
+        logits = exported.module()(pixel_values=pixel_values, class_embeddings=embeddings).logits
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+
+
+def test_torch_compile_of_the_whole_mode_forward_has_no_graph_break():
+    import torch._dynamo
+
+    model = make_model()
+    pixel_values, input_ids = random_inputs(model, batch=1, num_classes=5)
+    with torch.no_grad():
+        embeddings = model.get_class_embeddings(input_ids)
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(model)(pixel_values=pixel_values, class_embeddings=embeddings)
+    assert explanation.graph_break_count == 0, explanation.break_reasons

@@ -5,15 +5,23 @@ Importing the package registers the `catseg` model type with transformers' Auto 
 CAT-Seg folders without `trust_remote_code`.
 """
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation
 
 from .configuration_catseg import CATSegConfig
-from .modeling_catseg import CATSegModel, CATSegOutput, CATSegPreTrainedModel
+from .modeling_catseg import (
+    CATSegForSemanticSegmentation,
+    CATSegImageFeatures,
+    CATSegModel,
+    CATSegOutput,
+    CATSegPreTrainedModel,
+    CATSegSemanticSegmenterOutput,
+)
 
 __version__ = "0.1.0"
 
 AutoConfig.register(CATSegConfig.model_type, CATSegConfig, exist_ok=True)
 AutoModel.register(CATSegConfig, CATSegModel, exist_ok=True)
+AutoModelForSemanticSegmentation.register(CATSegConfig, CATSegForSemanticSegmentation, exist_ok=True)
 
 # Processing classes. Registered for both image-processor backends, since ours does its own torch arithmetic whatever
 # backend transformers picks. (Each class's `_auto_class` makes `save_pretrained` copy its file into the folder, so
@@ -31,11 +39,12 @@ AutoImageProcessor.register(
 )
 AutoProcessor.register(CATSegConfig, CATSegProcessor, exist_ok=True)
 
-# Pipelines: the "zero-shot-image-segmentation" task, and CATSegModel for the built-in "image-segmentation" one.
+# Pipelines: the "zero-shot-image-segmentation" task, and the built-in "image-segmentation" one.
 from .pipelines import ZeroShotImageSegmentationPipeline, register_pipelines, set_default_vocabulary  # noqa: E402
 
 register_pipelines()
 
-__all__ = ["CATSegConfig", "CATSegModel", "CATSegOutput", "CATSegPreTrainedModel"]
+__all__ = ["CATSegConfig", "CATSegForSemanticSegmentation", "CATSegModel", "CATSegPreTrainedModel"]
+__all__ += ["CATSegSemanticSegmenterOutput", "CATSegOutput", "CATSegImageFeatures"]
 __all__ += ["CATSegImageProcessor", "CATSegProcessor", "build_clip_tokenizer"]
 __all__ += ["ZeroShotImageSegmentationPipeline", "set_default_vocabulary"]

@@ -14,7 +14,7 @@ CLIP_FINETUNE_MODES = ("attention", "frozen", "full")
 
 class CATSegConfig(PretrainedConfig):
     r"""
-    Configuration of a [`CATSegModel`]: a CLIP model (held as a nested [`~transformers.CLIPConfig`]) plus the
+    Configuration of a [`CATSegForSemanticSegmentation`]: a CLIP model (held as a nested [`~transformers.CLIPConfig`]) plus the
     cost-aggregation head of CAT-Seg (Cho et al., CVPR 2024).
 
     The defaults are those of the released **base** model (CLIP ViT-B/16 run at 384 px); use

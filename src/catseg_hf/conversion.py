@@ -1,4 +1,4 @@
-"""Conversion of official CAT-Seg (detectron2) checkpoints into `CATSegModel` folders.
+"""Conversion of official CAT-Seg (detectron2) checkpoints into `CATSegForSemanticSegmentation` folders.
 
 The official checkpoints hold OpenAI-CLIP tensors under `sem_seg_head.predictor.clip_model.` (each attention with
 separate q/k/v weights but one concatenated in-projection bias), the aggregator under
@@ -17,7 +17,7 @@ import torch
 from transformers import CLIPConfig
 
 from .configuration_catseg import CATSegConfig
-from .modeling_catseg import CATSegModel, shifted_window_attention_mask
+from .modeling_catseg import CATSegForSemanticSegmentation, shifted_window_attention_mask
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor], config: CAT
     if unmapped or missing or extra:
         lines = []
         if unmapped:
-            lines.append(f"{len(unmapped)} checkpoint tensor(s) with no place in CATSegModel: {unmapped}")
+            lines.append(f"{len(unmapped)} checkpoint tensor(s) with no place in CATSegForSemanticSegmentation: {unmapped}")
         if extra:
             lines.append(f"{len(extra)} mapped name(s) the model does not have: {extra}")
         if missing:
@@ -339,7 +339,7 @@ def _check_swin_mask(key: str, value: torch.Tensor, config: CATSegConfig) -> Non
 
 def _expected_keys(config: CATSegConfig) -> set[str]:
     with torch.device("meta"):
-        model = CATSegModel(config)
+        model = CATSegForSemanticSegmentation(config)
     return set(model.state_dict().keys())
 
 
@@ -349,8 +349,8 @@ def convert_official_checkpoint(
     variant: str | None = None,
     official_config: str | Path | dict | None = None,
     model_card: str | None = None,
-) -> CATSegModel:
-    """Converts an official CAT-Seg checkpoint into a `CATSegModel` and, with `output_dir`, saves it
+) -> CATSegForSemanticSegmentation:
+    """Converts an official CAT-Seg checkpoint into a `CATSegForSemanticSegmentation` and, with `output_dir`, saves it
     (`save_pretrained`, safetensors) together with the modelling code (loadable with `trust_remote_code=True`).
 
     Args:
@@ -366,7 +366,7 @@ def convert_official_checkpoint(
         official_config = json.loads(Path(official_config).read_text())
     config = config_from_official(state_dict, variant=variant, official_config=official_config)
     converted = convert_official_state_dict(state_dict, config)
-    model = CATSegModel(config)
+    model = CATSegForSemanticSegmentation(config)
     model.load_state_dict(converted, strict=True)
     model.eval()
     if output_dir is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -14,7 +13,11 @@ from torch import nn
 from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_catseg import CATSegConfig
 
@@ -25,15 +28,26 @@ SHIFTED_WINDOW_MASK_VALUE = -100.0
 
 
 @dataclass
-class CATSegImageFeatures(ModelOutput):
+class CATSegImageFeatures(BaseModelOutputWithPooling):
     """
-    Image-side features of CAT-Seg.
+    Image-side features of CAT-Seg, as returned by [`CATSegForSemanticSegmentation.get_image_features`]: a
+    `BaseModelOutputWithPooling` (as CLIP's `get_image_features`) with CAT-Seg's dense fields.
 
     Args:
-        dense_embeddings (`torch.FloatTensor` of shape `(batch_size, 1 + h * w, projection_dim)`):
-            Dense CLIP embeddings (class token first) from the modified last vision block, post-LayerNorm and projection.
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + h * w, projection_dim)`):
+            Dense CLIP embeddings (class token first): the last vision block in CAT-Seg's dense mode, then the
+            post-LayerNorm and the visual projection applied to every token.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            The class token of `last_hidden_state`.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The input embeddings and the outputs of the standard CLIP vision blocks (all but the last, which runs in
+            dense mode and gives `last_hidden_state`), each `(batch_size, 1 + h * w, width)`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            Attention weights of those blocks, each `(batch_size, num_heads, 1 + h * w, 1 + h * w)` (eager attention
+            only, as in CLIP).
         image_embeddings (`torch.FloatTensor` of shape `(batch_size, projection_dim, h, w)`):
-            The same without the class token, as a feature map: the appearance guidance and the cost volume's image side.
+            `last_hidden_state` without the class token, as a feature map: the appearance guidance and the cost
+            volume's image side.
         guidance_taps (`tuple(torch.FloatTensor)`):
             Outputs of the CLIP vision blocks named by `config.guidance_layer_indices`, each `(batch_size, 1 + h*w, width)`.
         decoder_guidance (`tuple(torch.FloatTensor)`):
@@ -41,46 +55,58 @@ class CATSegImageFeatures(ModelOutput):
             `(batch_size, 128, 4h, 4w)` for the released models.
     """
 
-    dense_embeddings: torch.FloatTensor | None = None
     image_embeddings: torch.FloatTensor | None = None
     guidance_taps: tuple[torch.FloatTensor, ...] | None = None
     decoder_guidance: tuple[torch.FloatTensor, ...] | None = None
 
+    @property
+    def dense_embeddings(self) -> torch.FloatTensor | None:
+        """The dense CLIP embeddings with class token (`last_hidden_state`)."""
+        return self.last_hidden_state
+
 
 @dataclass
-class CATSegOutput(ModelOutput):
+class CATSegSemanticSegmenterOutput(ModelOutput):
     """
-    Output of [`CATSegModel`].
+    Output of [`CATSegForSemanticSegmentation`].
+
+    `N` is the number of images, `V` the number of views of a sliding-window image (its tiles and the global view,
+    last), `T` the number of classes, `P` the number of prompt templates and `h, w` the CLIP patch grid.
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
             Binary cross-entropy between the logits (resized to the label size) and one-hot labels over all classes.
-        logits (`torch.FloatTensor` of shape `(num_views, num_classes, 4h, 4w)`):
+        logits (`torch.FloatTensor` of shape `(N, T, 4h, 4w)` for whole images or `(N, V, T, 4h, 4w)` for sliding-window views):
             Per-class segmentation logits (96x96 for the released models). With more classes than `config.pad_len`,
             the classes not kept by the top-k selection have logit exactly -100 in that view.
-        class_embeddings (`torch.FloatTensor` of shape `(num_classes, num_templates, projection_dim)`):
+        class_embeddings (`torch.FloatTensor` of shape `(T, P, C)`):
             The L2-normalised class text embeddings that were used.
-        cost_volume (`torch.FloatTensor` of shape `(num_views, num_templates, num_classes, h, w)`, *optional*):
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            Hidden states of the CLIP vision tower (see [`CATSegImageFeatures`]), one row per view (`N * V` rows for
+            sliding-window inputs).
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            Attention weights of the CLIP vision tower (eager attention), one row per view.
+        cost_volume (`torch.FloatTensor` of shape `(N, [V,] P, T, h, w)`, *optional*):
             Cosine similarities between dense image embeddings and class embeddings, over all classes (returned with
             `output_intermediates=True`).
         image_features ([`CATSegImageFeatures`], *optional*):
-            Image-side intermediates (returned with `output_intermediates=True`).
-        selected_classes (`torch.LongTensor` of shape `(num_views, pad_len)`, *optional*):
+            Image-side intermediates, one row per view (returned with `output_intermediates=True`).
+        selected_classes (`torch.LongTensor` of shape `(N, [V,] pad_len)`, *optional*):
             Ids of the classes each view aggregated, when there were more than `config.pad_len` classes.
-        original_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
-            Passed through from the processor for post-processing.
-        view_layout (`torch.LongTensor` of shape `(batch_size, 4)`, *optional*):
-            Passed through from the processor for post-processing (sliding-window layout, zeros for whole images).
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     class_embeddings: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     cost_volume: torch.FloatTensor | None = None
     image_features: CATSegImageFeatures | None = None
     selected_classes: torch.LongTensor | None = None
-    original_sizes: torch.LongTensor | None = None
-    view_layout: torch.LongTensor | None = None
+
+
+# The name of this output before `CATSegForSemanticSegmentation`; kept for code written against it.
+CATSegOutput = CATSegSemanticSegmenterOutput
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -764,8 +790,10 @@ class CATSegAggregator(nn.Module):
             )
         kept = cost_volume.shape[2]
 
-        # Each class slice (P templates as channels) is embedded by the same convolution.
-        cost_embedding = self.cost_embedding(cost_volume.transpose(1, 2).reshape(batch * kept, -1, height, width))
+        # Each class slice (P templates as channels) is embedded by the same convolution. The cost volume is float32
+        # (see compute_cost_volume); a model cast to half precision continues in its own dtype from here.
+        cost_slices = cost_volume.transpose(1, 2).reshape(batch * kept, -1, height, width)
+        cost_embedding = self.cost_embedding(cost_slices.to(self.cost_embedding.weight.dtype))
         cost_embedding = cost_embedding.view(batch, kept, -1, height, width).permute(0, 1, 3, 4, 2).contiguous()
 
         appearance_guidance = self.appearance_guidance_projection(image_embeddings).permute(0, 2, 3, 1)
@@ -785,6 +813,8 @@ class CATSegAggregator(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+
+
 class CATSegPreTrainedModel(PreTrainedModel):
     config: CATSegConfig
     config_class = CATSegConfig
@@ -794,6 +824,20 @@ class CATSegPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["CLIPEncoderLayer", "CLIPTextEmbeddings", "CLIPVisionEmbeddings", "CATSegAggregationLayer"]
     _supports_sdpa = True
+    _supports_flash_attn = False
+    # What `output_hidden_states` / `output_attentions` return: those of the CLIP vision blocks, captured by
+    # transformers' own output recording (the CLIP towers are CLIP's modules).
+    _can_record_outputs = {"hidden_states": CLIPEncoderLayer, "attentions": CLIPAttention}
+    # The loss is the mean over the pixels and classes of each batch (as in the reference); with gradient
+    # accumulation the Trainer averages the micro-batches' losses.
+    accepts_loss_kwargs = False
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        # `attn_implementation` selects the attention of the CLIP towers, which are CLIP's modules (built on
+        # transformers' AttentionInterface). CAT-Seg's window attention and linear class attention are part of the
+        # algorithm, not interchangeable kernels, and transformers' source heuristic would wrongly refuse the switch.
+        return True
 
     def _init_weights(self, module: nn.Module) -> None:
         # CLIP's own submodules are initialised by CLIPModel's `_init_weights` (transformers dispatches per sub-model).
@@ -814,17 +858,28 @@ class CATSegPreTrainedModel(PreTrainedModel):
             init.zeros_(module.padding_guidance)
 
 
-class CATSegModel(CATSegPreTrainedModel):
+# Both Auto classes are written into saved folders, so that a folder loads through either with
+# `trust_remote_code=True` where catseg_hf is not installed.
+_AUTO_MAP = {
+    "AutoModel": "modeling_catseg.CATSegModel",
+    "AutoModelForSemanticSegmentation": "modeling_catseg.CATSegForSemanticSegmentation",
+}
+
+
+class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
     """
     CAT-Seg: open-vocabulary semantic segmentation by cost aggregation on CLIP.
 
-    Give it CLIP-normalised images at `config.clip_resolution` (see `CATSegProcessor`) and either tokenised class
-    names (`input_ids` of shape `(T, P, 77)`) or precomputed `class_embeddings` `(T, P, C)`; it returns per-class
-    logits at 4x the CLIP patch grid.
+    Give it CLIP views of the images (see [`CATSegProcessor`]) and either tokenised class names (`input_ids` of shape
+    `(T, P, L)`) or precomputed `class_embeddings` `(T, P, C)` (from [`~CATSegForSemanticSegmentation.get_class_embeddings`]);
+    it returns per-class logits at 4x the CLIP patch grid for every image.
+
+    The pipeline of the paper: dense CLIP image embeddings ([`~CATSegForSemanticSegmentation.get_image_features`]) and
+    class text embeddings -> cost volume (cosine similarities) -> spatial and class aggregation -> upsampling decoder.
     """
 
     # Saved folders carry the modelling code and an `auto_map`, so they load with `trust_remote_code=True` anywhere.
-    _auto_class = "AutoModel"
+    _auto_class = "AutoModelForSemanticSegmentation"
 
     def __init__(self, config: CATSegConfig):
         super().__init__(config)
@@ -838,125 +893,81 @@ class CATSegModel(CATSegPreTrainedModel):
             ]
         )
         self.aggregator = CATSegAggregator(config)
-        # Text embeddings of recent vocabularies, reused while the text tower's weights are unchanged.
-        self._class_embedding_cache: OrderedDict = OrderedDict()
-        self.class_embedding_cache_size = 8
+        config.auto_map = {**_AUTO_MAP, **(getattr(config, "auto_map", None) or {})}
+        # The text embeddings of the default vocabulary (if the config has one), with the text-tower state they were
+        # computed from.
+        self._default_class_embeddings: tuple[tuple, torch.Tensor] | None = None
         self.post_init()
-        self.apply_clip_finetune_mode()
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
-        # Loading replaces the parameters (and their requires_grad flags): restore the configured CLIP training set.
-        model.apply_clip_finetune_mode()
-        return model
-
-    # ------------------------------------------------------------------------------------------------ fine-tuning
-    def apply_clip_finetune_mode(self, mode: str | None = None) -> None:
-        """Sets which CLIP parameters train (`requires_grad`), from `config.clip_finetune` unless `mode` is given:
-        `"attention"`: only the query and value projection weights of every attention block of both towers;
-        `"frozen"`: none; `"full"`: all. The aggregator and guidance upsamplers always train."""
-        mode = mode or self.config.clip_finetune
-        if mode not in ("attention", "frozen", "full"):
-            raise ValueError(f"Unknown CLIP fine-tuning mode {mode!r}; choose 'attention', 'frozen' or 'full'.")
-        self.config.clip_finetune = mode
-        for name, parameter in self.clip.named_parameters():
-            if mode == "full":
-                parameter.requires_grad_(True)
-            elif mode == "frozen":
+        for name, parameter in self.named_parameters():
+            if name in self.parameters_without_gradient:
                 parameter.requires_grad_(False)
-            else:
-                parameter.requires_grad_(name.endswith(("self_attn.q_proj.weight", "self_attn.v_proj.weight")))
 
-    # ------------------------------------------------------------------------------------------------ text side
-    def _text_weights_version(self) -> tuple:
-        # In-place updates (optimizer steps, load_state_dict) bump a tensor's version counter.
-        return tuple(
-            (id(p), p._version, p.dtype, p.device)
-            for p in (*self.clip.text_model.parameters(), self.clip.text_projection.weight)
+    @property
+    def parameters_without_gradient(self) -> tuple[str, ...]:
+        """Names of CLIP parameters CAT-Seg never uses, so that they can never receive a gradient: CLIP's logit scale
+        and the query/key projections of the last vision block (which runs in dense mode). They are never trainable
+        (distributed training without `find_unused_parameters` needs that)."""
+        last = f"clip.vision_model.encoder.layers.{self.config.clip_config.vision_config.num_hidden_layers - 1}.self_attn"
+        return (
+            "clip.logit_scale",
+            f"{last}.q_proj.weight",
+            f"{last}.q_proj.bias",
+            f"{last}.k_proj.weight",
+            f"{last}.k_proj.bias",
         )
 
+    # ------------------------------------------------------------------------------------------------ text side
     def get_class_embeddings(
         self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None = None
     ) -> torch.FloatTensor:
         """
-        L2-normalised class text embeddings.
+        L2-normalised class text embeddings: CLIP's projected text features of every prompt, read at its end-of-text
+        token.
 
         Args:
-            input_ids (`torch.LongTensor` of shape `(T, P, L)`): token ids of every class (T) in every template (P);
-                `(T, L)` is read as one template.
-            attention_mask (`torch.LongTensor`, *optional*): same shape; padding after the end-of-text token does not
-                change the result (the text tower is causal and reads the end-of-text position).
+            input_ids (`torch.LongTensor` of shape `(T, P, L)`):
+                Token ids of every class (T) in every template (P); `(T, L)` is read as one template.
+            attention_mask (`torch.LongTensor`, *optional*):
+                Same shape. Padding after the end-of-text token does not change the result (the text tower is
+                causal and is read at the end-of-text position).
 
         Returns:
             `torch.FloatTensor` of shape `(T, P, C)`.
-
-        In evaluation mode or without gradients, the embeddings of the last few vocabularies are cached and reused
-        as long as the text tower's weights have not changed.
         """
         if input_ids.dim() == 2:
             input_ids = input_ids.unsqueeze(1)
             attention_mask = attention_mask.unsqueeze(1) if attention_mask is not None else None
         if input_ids.dim() != 3:
             raise ValueError(f"input_ids must be (num_classes, num_templates, length), got shape {tuple(input_ids.shape)}.")
-        use_cache = not (self.training and torch.is_grad_enabled())
-        key = None
-        if use_cache:
-            mask_bytes = attention_mask.cpu().numpy().tobytes() if attention_mask is not None else b""
-            device_type = input_ids.device.type
-            autocast_state = (
-                (True, torch.get_autocast_dtype(device_type)) if torch.is_autocast_enabled(device_type) else (False,)
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}; give "
+                "the mask the processor returned with these ids."
             )
-            key = (
-                tuple(input_ids.shape),
-                input_ids.cpu().numpy().tobytes(),
-                mask_bytes,
-                autocast_state,
-                self._text_weights_version(),
-            )
-            cached = self._class_embedding_cache.get(key)
-            if cached is not None:
-                self._class_embedding_cache.move_to_end(key)
-                return cached
         num_classes, num_templates, length = input_ids.shape
         flat_ids = input_ids.reshape(-1, length)
         flat_mask = attention_mask.reshape(-1, length) if attention_mask is not None else None
+        step = max(self.config.text_batch_size, 1)
         embeddings = torch.cat(
             [
-                self._encode_prompts(flat_ids[start : start + self.config.text_batch_size], flat_mask, start)
-                for start in range(0, flat_ids.shape[0], max(self.config.text_batch_size, 1))
+                self._encode_prompts(
+                    flat_ids[start : start + step], flat_mask[start : start + step] if flat_mask is not None else None
+                )
+                for start in range(0, flat_ids.shape[0], step)
             ]
         )
         embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
-        embeddings = embeddings.view(num_classes, num_templates, -1)
-        if use_cache:
-            self._class_embedding_cache[key] = embeddings.detach()
-            while len(self._class_embedding_cache) > self.class_embedding_cache_size:
-                self._class_embedding_cache.popitem(last=False)
-        return embeddings
+        return embeddings.view(num_classes, num_templates, -1)
 
-    def _encode_prompts(self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None, start: int):
+    def _encode_prompts(self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None) -> torch.Tensor:
         """Projected text-tower features at the end-of-text token of each prompt."""
-        eos_positions = self._end_of_text_positions(input_ids)
         # The text tower is causal and is read at the end-of-text token: positions after the last one of the batch
         # cannot change the result, so they are not computed (a prompt is ~10 tokens of the 77).
-        length = int(eos_positions.max()) + 1
+        length = int(self._end_of_text_positions(input_ids).max()) + 1
         input_ids = input_ids[:, :length]
         if attention_mask is not None:
-            attention_mask = attention_mask[start : start + input_ids.shape[0], :length]
-        text_model = self.clip.text_model
-        hidden = text_model.embeddings(input_ids=input_ids)
-        causal_mask = torch.full((length, length), float("-inf"), device=hidden.device, dtype=hidden.dtype).triu(1)
-        if attention_mask is not None:
-            padding = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-            causal_mask = causal_mask + padding
-        else:
-            causal_mask = causal_mask[None, None]
-        for layer in text_model.encoder.layers:
-            hidden = layer(hidden, causal_mask)
-        hidden = text_model.final_layer_norm(hidden)
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos_positions]
-        return self.clip.text_projection(pooled)
+            attention_mask = attention_mask[:, :length]
+        return self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
 
     def _end_of_text_positions(self, input_ids: torch.LongTensor) -> torch.LongTensor:
         eos_token_id = self.config.clip_config.text_config.eos_token_id
@@ -968,25 +979,71 @@ class CATSegModel(CATSegPreTrainedModel):
             raise ValueError(f"Every prompt must contain the end-of-text token {eos_token_id}; tokenise with CATSegProcessor.")
         return is_eos.int().argmax(dim=-1)
 
-    # ------------------------------------------------------------------------------------------------ image side
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> CATSegImageFeatures:
-        """
-        Dense CLIP image embeddings and the decoder guidance.
+    def _text_weights_version(self) -> tuple:
+        # In-place updates (optimizer steps, load_state_dict) bump a tensor's version counter.
+        return tuple(
+            (id(p), p._version, p.dtype, p.device)
+            for p in (*self.clip.text_model.parameters(), self.clip.text_projection.weight)
+        )
 
-        The last vision block runs in CAT-Seg's dense mode: its LayerNorm-ed input goes through the value and output
-        projections only (no mixing between tokens), the class token's input to the block is added to every token,
-        then the block's MLP residual; post-LayerNorm and the visual projection then apply to all tokens.
+    def default_class_embeddings(self) -> torch.FloatTensor:
+        """The class embeddings of the default vocabulary stored in the config (see
+        `catseg_hf.pipelines.set_default_vocabulary`), used when a call names no classes; computed once per state of
+        the text tower (recomputed under tracing, where nothing is kept)."""
+        if self.config.default_class_input_ids is None:
+            raise ValueError(
+                "Give the class names as `input_ids` (from CATSegProcessor) or as `class_embeddings`, or store a "
+                "default vocabulary in the config (catseg_hf.pipelines.set_default_vocabulary)."
+            )
+        tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        keep = not tracing and not (self.training and torch.is_grad_enabled())
+        if keep and self._default_class_embeddings is not None:
+            version, embeddings = self._default_class_embeddings
+            if version == self._text_weights_version():
+                return embeddings
+        input_ids = torch.tensor(self.config.default_class_input_ids, dtype=torch.long, device=self.device)
+        attention_mask = None
+        if self.config.default_class_attention_mask is not None:
+            attention_mask = torch.tensor(self.config.default_class_attention_mask, dtype=torch.long, device=self.device)
+        embeddings = self.get_class_embeddings(input_ids, attention_mask)
+        if keep:
+            self._default_class_embeddings = (self._text_weights_version(), embeddings.detach())
+        return embeddings
+
+    # ------------------------------------------------------------------------------------------------ image side
+    @capture_outputs(tie_last_hidden_states=False)
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> CATSegImageFeatures:
+        r"""
+        Dense CLIP image embeddings and the decoder guidance of CLIP views `(batch_size, 3, R, R)`.
+
+        The first blocks are CLIP's own vision blocks; the last one runs in CAT-Seg's dense mode: its LayerNorm-ed
+        input goes through the value and output projections only (no mixing between tokens), the class token's input
+        to the block is added to every token, then the block's MLP residual; post-LayerNorm and the visual projection
+        then apply to all tokens.
+
+        Returns:
+            [`CATSegImageFeatures`] (a `BaseModelOutputWithPooling`); `hidden_states` / `attentions` of the standard
+            CLIP vision blocks with `output_hidden_states=True` / `output_attentions=True`.
         """
+        if pixel_values.dim() != 4:
+            raise ValueError(f"get_image_features takes CLIP views (batch, 3, R, R), got shape {tuple(pixel_values.shape)}.")
+        capturing = any(
+            kwargs.get(f"output_{name}", getattr(self.config, f"output_{name}", False))
+            for name in ("hidden_states", "attentions")
+        )
         batch = pixel_values.shape[0]
-        if batch > 1 and pixel_values.device.type == "cpu" and not torch.is_grad_enabled():
-            # One image at a time on CPU: the batch's MLP activations (35 MB per block for 5 views at 384) would be
-            # mapped afresh in every block, a page fault per 4 KB; one image's stay in reused heap memory.
-            per_image = [self._image_features(pixel_values[index : index + 1]) for index in range(batch)]
+        if batch > 1 and pixel_values.device.type == "cpu" and not torch.is_grad_enabled() and not capturing:
+            # One view at a time on CPU: the batch's MLP activations would be mapped afresh in every block; one
+            # view's stay in reused heap memory (README, Performance).
+            per_view = [self._image_features(pixel_values[index : index + 1]) for index in range(batch)]
             return CATSegImageFeatures(
-                dense_embeddings=torch.cat([f.dense_embeddings for f in per_image]),
-                image_embeddings=torch.cat([f.image_embeddings for f in per_image]),
-                guidance_taps=tuple(torch.cat(taps) for taps in zip(*(f.guidance_taps for f in per_image))),
-                decoder_guidance=tuple(torch.cat(maps) for maps in zip(*(f.decoder_guidance for f in per_image))),
+                last_hidden_state=torch.cat([f.last_hidden_state for f in per_view]),
+                pooler_output=torch.cat([f.pooler_output for f in per_view]),
+                image_embeddings=torch.cat([f.image_embeddings for f in per_view]),
+                guidance_taps=tuple(torch.cat(taps) for taps in zip(*(f.guidance_taps for f in per_view))),
+                decoder_guidance=tuple(torch.cat(maps) for maps in zip(*(f.decoder_guidance for f in per_view))),
             )
         return self._image_features(pixel_values)
 
@@ -995,8 +1052,7 @@ class CATSegModel(CATSegPreTrainedModel):
         batch, _, height, width = pixel_values.shape
         patch = self.config.clip_config.vision_config.patch_size
         grid_height, grid_width = height // patch, width // patch
-        hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=True)
-        hidden = vision.pre_layrnorm(hidden)
+        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=True))
         taps = []
         *blocks, last_block = vision.encoder.layers
         for index, block in enumerate(blocks):
@@ -1013,7 +1069,8 @@ class CATSegModel(CATSegPreTrainedModel):
             for upsample, tap in zip(self.guidance_upsamplers, taps)
         )
         return CATSegImageFeatures(
-            dense_embeddings=dense,
+            last_hidden_state=dense,
+            pooler_output=dense[:, 0],
             image_embeddings=image_embeddings,
             guidance_taps=tuple(taps),
             decoder_guidance=decoder_guidance,
@@ -1022,8 +1079,8 @@ class CATSegModel(CATSegPreTrainedModel):
     def aggregate(
         self, image_features: CATSegImageFeatures, class_embeddings: torch.Tensor, cost_volume: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Runs the aggregator view by view when `config.class_chunk_size` asks for bounded memory (views are
-        independent: each keeps its own top-k classes)."""
+        """The aggregator over all views, view by view when `config.class_chunk_size` asks for bounded memory (views
+        are independent: each keeps its own top-k classes)."""
         step = 1 if self.config.class_chunk_size > 0 else cost_volume.shape[0]
         logits, selected = [], []
         for start in range(0, cost_volume.shape[0], step):
@@ -1044,15 +1101,17 @@ class CATSegModel(CATSegPreTrainedModel):
     # ------------------------------------------------------------------------------------------------ loss
     def compute_loss(self, logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
         """Binary cross-entropy between logits bilinearly resized to the label size and one-hot labels, mean over
-        all pixels and classes. As in the reference, ignored pixels (and any id outside [0, T)) are not excluded:
-        they count with an all-zero target."""
+        all pixels and classes, in float32. As in the reference, ignored pixels (and any id outside [0, T)) are not
+        excluded: they count with an all-zero target."""
         if labels.dim() != 3 or labels.shape[0] != logits.shape[0]:
             raise ValueError(
                 f"labels must be (batch, height, width) with batch {logits.shape[0]}, got shape {tuple(labels.shape)}."
             )
+        if labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}.")
         num_classes = logits.shape[1]
-        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        labels = labels.to(logits.device)
+        logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        labels = labels.to(device=logits.device, dtype=torch.long)
         valid = (labels >= 0) & (labels < num_classes)
         targets = F.one_hot(torch.where(valid, labels, 0), num_classes).permute(0, 3, 1, 2)
         targets = targets.to(logits.dtype) * valid.unsqueeze(1).to(logits.dtype)
@@ -1065,89 +1124,129 @@ class CATSegModel(CATSegPreTrainedModel):
         size = self.config.training_pooling_size if self.training else self.config.inference_pooling_size
         return tuple(size)
 
+    @can_return_tuple
     def forward(
         self,
-        pixel_values: torch.FloatTensor,
+        pixel_values: torch.FloatTensor | None = None,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
         class_embeddings: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
-        original_sizes: torch.LongTensor | None = None,
-        view_layout: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         output_intermediates: bool = False,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> CATSegOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CATSegSemanticSegmenterOutput:
         r"""
         Args:
-            pixel_values (`torch.FloatTensor` of shape `(B, 3, R, R)`):
-                CLIP-normalised images at `config.clip_resolution` (sliding-window views are separate rows).
+            pixel_values (`torch.FloatTensor` of shape `(N, 3, R, R)` or `(N, V, 3, R, R)`):
+                CLIP views at `config.clip_resolution` from [`CATSegProcessor`]: one per image in whole mode, the V
+                sliding-window views of each image in sliding mode.
             input_ids (`torch.LongTensor` of shape `(T, P, L)`, *optional*):
-                Tokenised class names in every prompt template; give these or `class_embeddings`.
+                Tokenised class names in every prompt template; give these or `class_embeddings` (or neither, for a
+                model with a default vocabulary).
             attention_mask (`torch.LongTensor` of shape `(T, P, L)`, *optional*):
                 Mask of `input_ids`.
-            class_embeddings (`torch.FloatTensor` of shape `(T, P, C)` or `(B, T, P, C)`, *optional*):
-                Precomputed class embeddings (from `get_class_embeddings`).
-            labels (`torch.LongTensor` of shape `(B, H, W)`, *optional*):
-                Class ids per pixel (any H, W); `config.ignore_index` and ids outside [0, T) are background for the loss.
-            original_sizes, view_layout (`torch.LongTensor`, *optional*):
-                Produced by the processor; handed back unchanged on the output for post-processing.
+            class_embeddings (`torch.FloatTensor` of shape `(T, P, C)` or `(N, T, P, C)`, *optional*):
+                Precomputed class embeddings (from `get_class_embeddings`), shared by all images or one set per image.
+            labels (`torch.LongTensor` of shape `(N, H, W)`, *optional*):
+                Class ids per pixel (any H, W; whole-mode inputs); `config.ignore_index` and ids outside [0, T) count as
+                background for the loss, as in the reference.
+            output_hidden_states (`bool`, *optional*):
+                Return the hidden states of the CLIP vision tower.
+            output_attentions (`bool`, *optional*):
+                Return the attention weights of the CLIP vision tower (eager attention).
             output_intermediates (`bool`, *optional*, defaults to `False`):
                 Also return the cost volume and the image features.
+            return_dict (`bool`, *optional*):
+                Return a [`CATSegSemanticSegmenterOutput`] (default) or a tuple.
         """
-        if kwargs:
-            raise TypeError(f"CATSegModel.forward got unexpected arguments: {sorted(kwargs)}.")
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if pixel_values is None or pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+        unknown = sorted(set(kwargs) - set(TransformersKwargs.__annotations__))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}.forward got unexpected arguments {unknown}. Its inputs are pixel_values, "
+                "input_ids, attention_mask, class_embeddings and labels (the processor's outputs hold no other model "
+                "inputs)."
+            )
+        if pixel_values is None or pixel_values.dim() not in (4, 5) or pixel_values.shape[-3] != 3:
             shape = None if pixel_values is None else tuple(pixel_values.shape)
             raise ValueError(
-                f"pixel_values must be a (batch, 3, height, width) tensor, got {shape}; use CATSegProcessor to prepare images."
+                f"pixel_values must be (images, 3, R, R) or, for sliding-window views, (images, views, 3, R, R); got "
+                f"{shape}. Use CATSegProcessor to prepare images."
             )
+        num_images = pixel_values.shape[0]
+        views_per_image = pixel_values.shape[1] if pixel_values.dim() == 5 else None
+        if views_per_image is not None and labels is not None:
+            raise ValueError("labels need whole-image inputs (images, 3, R, R); process training images with mode='whole'.")
+        if class_embeddings is not None and input_ids is not None:
+            raise ValueError("Give either input_ids or class_embeddings, not both.")
         if class_embeddings is None:
-            if input_ids is None and self.config.default_class_input_ids is not None:
-                input_ids = torch.tensor(self.config.default_class_input_ids, dtype=torch.long, device=self.device)
-                if self.config.default_class_attention_mask is not None:
-                    attention_mask = torch.tensor(
-                        self.config.default_class_attention_mask, dtype=torch.long, device=self.device
-                    )
-            if input_ids is None:
-                raise ValueError(
-                    "Give the class names as `input_ids` (from CATSegProcessor) or as `class_embeddings`, or store a "
-                    "default vocabulary in the config (catseg_hf.pipelines.set_default_vocabulary)."
-                )
-            class_embeddings = self.get_class_embeddings(input_ids, attention_mask)
-        batch = pixel_values.shape[0]
+            if input_ids is not None:
+                class_embeddings = self.get_class_embeddings(input_ids, attention_mask)
+            else:
+                class_embeddings = self.default_class_embeddings()
         if class_embeddings.dim() == 3:
-            batched_class_embeddings = class_embeddings.unsqueeze(0).expand(batch, -1, -1, -1)
-        elif class_embeddings.dim() == 4 and class_embeddings.shape[0] == batch:
-            batched_class_embeddings = class_embeddings
+            per_image_class_embeddings = class_embeddings.unsqueeze(0).expand(num_images, -1, -1, -1)
+        elif class_embeddings.dim() == 4 and class_embeddings.shape[0] == num_images:
+            per_image_class_embeddings = class_embeddings
         else:
             raise ValueError(
-                f"class_embeddings must be (T, P, C) or (batch={batch}, T, P, C), got {tuple(class_embeddings.shape)}."
+                f"class_embeddings must be (T, P, C) or (images={num_images}, T, P, C), got {tuple(class_embeddings.shape)}."
             )
-        if batched_class_embeddings.shape[2] != self.config.num_prompt_templates:
+        if per_image_class_embeddings.shape[2] != self.config.num_prompt_templates:
             raise ValueError(
                 f"The model was built for {self.config.num_prompt_templates} prompt template(s) per class, but the class "
-                f"embeddings have {batched_class_embeddings.shape[2]}; tokenise with the model's prompt templates."
+                f"embeddings have {per_image_class_embeddings.shape[2]}; tokenise with the model's prompt templates."
+            )
+        if per_image_class_embeddings.shape[-1] != self.config.projection_dim:
+            raise ValueError(
+                f"class_embeddings have dimension {per_image_class_embeddings.shape[-1]}, but this model's CLIP embeds "
+                f"into {self.config.projection_dim}; compute them with this model's get_class_embeddings."
             )
 
-        image_features = self.get_image_features(pixel_values.to(self.dtype))
-        batched_class_embeddings = batched_class_embeddings.to(image_features.image_embeddings.dtype)
-        cost_volume = compute_cost_volume(image_features.image_embeddings, batched_class_embeddings)
-        logits, selected = self.aggregate(image_features, batched_class_embeddings, cost_volume)
+        views = pixel_values.flatten(0, 1) if views_per_image is not None else pixel_values
+        view_class_embeddings = per_image_class_embeddings
+        if views_per_image is not None:
+            view_class_embeddings = per_image_class_embeddings.repeat_interleave(views_per_image, dim=0)
+        image_features = self.get_image_features(
+            views.to(self.dtype), output_hidden_states=output_hidden_states, output_attentions=output_attentions
+        )
+        view_class_embeddings = view_class_embeddings.to(image_features.image_embeddings.dtype)
+        cost_volume = compute_cost_volume(image_features.image_embeddings, view_class_embeddings)
+        logits, selected = self.aggregate(image_features, view_class_embeddings, cost_volume)
         loss = self.compute_loss(logits, labels) if labels is not None else None
 
-        output = CATSegOutput(
+        if views_per_image is not None:
+            logits = logits.unflatten(0, (num_images, views_per_image))
+            cost_volume = cost_volume.unflatten(0, (num_images, views_per_image))
+            selected = selected.unflatten(0, (num_images, views_per_image)) if selected is not None else None
+        return CATSegSemanticSegmenterOutput(
             loss=loss,
             logits=logits,
             class_embeddings=class_embeddings,
+            hidden_states=image_features.hidden_states,
+            attentions=image_features.attentions,
             cost_volume=cost_volume if output_intermediates else None,
             image_features=image_features if output_intermediates else None,
             selected_classes=selected,
-            original_sizes=original_sizes,
-            view_layout=view_layout,
         )
-        return output if return_dict else output.to_tuple()
 
 
-__all__ = ["CATSegModel", "CATSegPreTrainedModel", "CATSegOutput", "CATSegImageFeatures", "compute_cost_volume"]
+class CATSegModel(CATSegForSemanticSegmentation):
+    """
+    [`CATSegForSemanticSegmentation`] under its first name: the same model, weights and outputs, registered for
+    `AutoModel`. Folders saved with either name load with both classes.
+    """
+
+    _auto_class = "AutoModel"
+
+
+__all__ = [
+    "CATSegForSemanticSegmentation",
+    "CATSegModel",
+    "CATSegPreTrainedModel",
+    "CATSegSemanticSegmenterOutput",
+    "CATSegOutput",
+    "CATSegImageFeatures",
+    "compute_cost_volume",
+]

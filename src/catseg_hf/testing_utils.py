@@ -76,11 +76,11 @@ def save_tiny_model_folder(
     tokenizer (built from `bpe_path`). `processor_kwargs` go to the image processor (e.g. `mode="whole"`)."""
     import torch
 
-    from .modeling_catseg import CATSegModel
+    from .modeling_catseg import CATSegForSemanticSegmentation
     from .processing_catseg import CATSegProcessor
 
     torch.manual_seed(seed)
-    model = CATSegModel(tiny_catseg_config(**(config_overrides or {}))).eval()
+    model = CATSegForSemanticSegmentation(tiny_catseg_config(**(config_overrides or {}))).eval()
     model.save_pretrained(folder)
     CATSegProcessor.from_model_config(model.config, bpe_path, **processor_kwargs).save_pretrained(folder)
     return Path(folder)

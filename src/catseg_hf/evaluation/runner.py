@@ -538,7 +538,7 @@ def evaluate_benchmark(
     """Evaluate ``model`` on one benchmark with the official protocol (see the module docstring).
 
     Args:
-        model: a :class:`~catseg_hf.CATSegModel` in eval mode, on its device.
+        model: a :class:`~catseg_hf.CATSegForSemanticSegmentation` in eval mode, on its device.
         processor: the matching :class:`~catseg_hf.CATSegProcessor`.
         benchmark: the benchmark (or its name).
         dataset: its examples (``image`` / ``label`` columns), e.g. from :func:`load_benchmark_data`.
@@ -773,7 +773,7 @@ def _make_accelerator(device: str):
 def _load_model_and_processor(path: str, dtype: str, device: Any):
     import torch
 
-    from .. import CATSegModel, CATSegProcessor
+    from .. import CATSegForSemanticSegmentation, CATSegProcessor
 
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in dtypes:
@@ -781,7 +781,7 @@ def _load_model_and_processor(path: str, dtype: str, device: Any):
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise EvaluationSetupError(f"{path} is not a model folder: config.json not found (expected a save_pretrained folder)")
     try:
-        model = CATSegModel.from_pretrained(path)
+        model = CATSegForSemanticSegmentation.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise EvaluationSetupError(f"cannot load the model from {path}: {_one_line(err)}") from err
     try:

@@ -16,9 +16,9 @@ settings) builds AdamW over every parameter that has `requires_grad`, visiting e
 
   Biases of linear and convolution layers *do* get weight decay (unlike `transformers.Trainer`'s default rule).
 
-Which CLIP parameters take part is decided by `requires_grad`, i.e. by the model's `config.clip_finetune`
-(`CATSegModel.apply_clip_finetune_mode`): in the released `"attention"` mode only the query and value projection
-weights of every CLIP attention block train. Whole-model gradient clipping (`CLIP_GRADIENTS.CLIP_TYPE: full_model`,
+Which CLIP parameters take part is decided by `requires_grad`, set from the model's `config.clip_finetune` by
+`apply_clip_finetune_policy` where training is set up (`build_model`, `CATSegTrainer`): in the released
+`"attention"` mode only the query and value projection weights of the CLIP attention blocks train. Whole-model gradient clipping (`CLIP_GRADIENTS.CLIP_TYPE: full_model`,
 `CLIP_VALUE: 0.01`) corresponds to `TrainingArguments.max_grad_norm=0.01`, and `WarmupCosineLR` without warm-up to
 `lr_scheduler_type="cosine"` with `warmup_steps=0`.
 
@@ -35,6 +35,8 @@ import torch
 from torch import nn
 
 __all__ = [
+    "CLIP_FINETUNE_MODES",
+    "apply_clip_finetune_policy",
     "NORM_MODULE_TYPES",
     "NO_DECAY_PARAMETER_NAME_PATTERNS",
     "OFFICIAL_CLIP_LR_MULTIPLIER",
@@ -77,6 +79,42 @@ class ParameterRule:
     name: str
     is_clip: bool
     decay_kind: str
+
+
+CLIP_FINETUNE_MODES = ("attention", "frozen", "full")
+# The CLIP parameters the released "attention" mode trains.
+ATTENTION_FINETUNE_SUFFIXES = ("self_attn.q_proj.weight", "self_attn.v_proj.weight")
+
+
+def apply_clip_finetune_policy(model: nn.Module, mode: str | None = None) -> None:
+    """Sets which CLIP parameters of a CAT-Seg model train (`requires_grad`), from `model.config.clip_finetune`
+    unless `mode` is given (which is then written to the config, so that it is saved with the model).
+
+    - `"attention"`: the query and value projection weights of every attention block of both CLIP towers (the
+      released setting);
+    - `"frozen"`: none;
+    - `"full"`: all.
+
+    The aggregator and the guidance upsamplers always train. Parameters the model never uses
+    (`model.parameters_without_gradient`, e.g. the query projection of the last vision block, which runs in dense
+    mode) never train in any mode, so that distributed training needs no `find_unused_parameters`.
+    """
+    mode = mode or model.config.clip_finetune
+    if mode not in CLIP_FINETUNE_MODES:
+        raise ValueError(f"Unknown CLIP fine-tuning mode {mode!r}; choose one of {CLIP_FINETUNE_MODES}.")
+    model.config.clip_finetune = mode
+    unused = set(getattr(model, "parameters_without_gradient", ()))
+    for name, parameter in model.named_parameters():
+        if name in unused:
+            parameter.requires_grad_(False)
+        elif not _is_clip_module(name.rsplit(".", 1)[0], "clip"):
+            parameter.requires_grad_(True)
+        elif mode == "full":
+            parameter.requires_grad_(True)
+        elif mode == "frozen":
+            parameter.requires_grad_(False)
+        else:
+            parameter.requires_grad_(name.endswith(ATTENTION_FINETUNE_SUFFIXES))
 
 
 def _is_clip_module(module_name: str, clip_module_name: str) -> bool:
@@ -128,7 +166,7 @@ def get_parameter_groups(
 
     Args:
         model: the model; only parameters with `requires_grad=True` are included, so call
-            `model.apply_clip_finetune_mode()` (done by `CATSegModel.__init__`/`from_pretrained`) first.
+            `apply_clip_finetune_policy(model)` (done by `build_model` and `CATSegTrainer`) first.
         learning_rate: base learning rate (official: 2e-4).
         weight_decay: weight decay of ordinary parameters (official: 1e-4).
         clip_lr_multiplier: learning-rate factor of CLIP parameters (official: 0.01).

@@ -28,10 +28,11 @@ from ..data import (
     make_synthetic_dataset,
 )
 from ..data import load_class_names as load_dataset_class_names
-from ..modeling_catseg import CATSegModel
+from ..modeling_catseg import CATSegForSemanticSegmentation
 from .arguments import CATSegTrainingArguments, DataArguments, ModelArguments
 from .data import EpochSetterCallback, IndexedTrainTransform, with_example_index
 from .metrics import SegmentationMetrics
+from .optim import apply_clip_finetune_policy
 from .trainer import CATSegTrainer
 
 __all__ = [
@@ -83,7 +84,7 @@ def _preset_config(model_args: ModelArguments) -> CATSegConfig:
     return CATSegConfig.from_preset(model_args.model_preset, clip_config=clip_config, **overrides)
 
 
-def load_pretrained_clip(model: CATSegModel, clip_model_name_or_path: str, **from_pretrained_kwargs: Any) -> None:
+def load_pretrained_clip(model: CATSegForSemanticSegmentation, clip_model_name_or_path: str, **from_pretrained_kwargs: Any) -> None:
     """Copies the weights of a pretrained `transformers.CLIPModel` into `model.clip`.
 
     Args:
@@ -121,11 +122,10 @@ def load_pretrained_clip(model: CATSegModel, clip_model_name_or_path: str, **fro
             f"Loading CLIP weights from {clip_model_name_or_path!r}: missing {missing[:10]}, unexpected "
             f"{unexpected[:10]}. Is it a transformers CLIPModel checkpoint?"
         )
-    model.apply_clip_finetune_mode()
     del pretrained
 
 
-def build_model(model_args: ModelArguments) -> CATSegModel:
+def build_model(model_args: ModelArguments) -> CATSegForSemanticSegmentation:
     """The model to train: from `model_name_or_path`, or a fresh `model_preset` (optionally with pretrained CLIP).
 
     `config_overrides` and `clip_finetune` are applied in both cases.
@@ -141,7 +141,7 @@ def build_model(model_args: ModelArguments) -> CATSegModel:
         overrides = model_args.overrides
         if "clip_config" in overrides:
             raise ValueError("A pretrained model's CLIP config cannot be overridden; drop 'clip_config' from --config_overrides.")
-        model = CATSegModel.from_pretrained(
+        model = CATSegForSemanticSegmentation.from_pretrained(
             model_args.model_name_or_path,
             cache_dir=model_args.cache_dir,
             revision=model_args.model_revision,
@@ -150,7 +150,7 @@ def build_model(model_args: ModelArguments) -> CATSegModel:
         )
     else:
         config = _preset_config(model_args)
-        model = CATSegModel(config)
+        model = CATSegForSemanticSegmentation(config)
         if model_args.clip_model_name_or_path:
             load_pretrained_clip(
                 model,
@@ -163,13 +163,12 @@ def build_model(model_args: ModelArguments) -> CATSegModel:
                 f"Model preset {model_args.model_preset!r} without --clip_model_name_or_path: CLIP is randomly "
                 "initialised (fine for tests and the synthetic demo; real training needs pretrained CLIP weights)."
             )
-    if model_args.clip_finetune:
-        model.apply_clip_finetune_mode(model_args.clip_finetune)
+    apply_clip_finetune_policy(model, model_args.clip_finetune or None)
     return model
 
 
 # ------------------------------------------------------------------------------------------------------ processor
-def build_processor(model: CATSegModel, model_args: ModelArguments):
+def build_processor(model: CATSegForSemanticSegmentation, model_args: ModelArguments):
     """The `CATSegProcessor` saved with the model: a saved processor, else one built from the model config and a
     CLIP tokenizer (from `bpe_path`, `model_name_or_path` or `clip_model_name_or_path`, in this order)."""
     from ..processing_catseg import CATSegProcessor
@@ -320,7 +319,7 @@ def load_datasets(data_args: DataArguments, seed: int, model_args: ModelArgument
 
 
 # -------------------------------------------------------------------------------------------------------- trainer
-def _align_special_tokens(model: CATSegModel, processor: Any) -> None:
+def _align_special_tokens(model: CATSegForSemanticSegmentation, processor: Any) -> None:
     # Trainer copies the tokenizer's special-token ids into the model config (with a warning) when they differ; they
     # describe the same CLIP vocabulary, so set them beforehand.
     tokenizer = getattr(processor, "tokenizer", None)
@@ -334,7 +333,7 @@ def _align_special_tokens(model: CATSegModel, processor: Any) -> None:
 
 
 def build_trainer(
-    model: CATSegModel,
+    model: CATSegForSemanticSegmentation,
     processor: Any,
     training_args: CATSegTrainingArguments,
     train_dataset: Any,
@@ -371,7 +370,7 @@ def build_trainer(
     )
 
 
-def prepare_for_saving(model: CATSegModel, processor: Any = None, class_names: list[str] | None = None) -> None:
+def prepare_for_saving(model: CATSegForSemanticSegmentation, processor: Any = None, class_names: list[str] | None = None) -> None:
     """Makes every `save_pretrained` folder of `model` (checkpoints included) self-contained.
 
     The model and config carry their modelling code (`_auto_class`), so folders load with `trust_remote_code=True`

@@ -14,19 +14,26 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from .metrics import logits_to_label_maps
-from .optim import OFFICIAL_CLIP_LR_MULTIPLIER, build_optimizer, count_parameters, get_parameter_groups
+from .optim import (
+    OFFICIAL_CLIP_LR_MULTIPLIER,
+    apply_clip_finetune_policy,
+    build_optimizer,
+    count_parameters,
+    get_parameter_groups,
+)
 
 __all__ = ["CATSegTrainer", "EVAL_IGNORE_KEYS"]
 
 logger = logging.get_logger(__name__)
 
 # Model outputs besides the logits that evaluation should not collect (they are per-vocabulary or intermediate).
-EVAL_IGNORE_KEYS = ["class_embeddings", "cost_volume", "image_features", "selected_classes", "original_sizes", "view_layout"]
+EVAL_IGNORE_KEYS = ["class_embeddings", "hidden_states", "attentions", "cost_volume", "image_features", "selected_classes"]
 
 
 class CATSegTrainer(Trainer):
     """`Trainer` with CAT-Seg's training recipe.
 
+    - **Trainable parameters**: CLIP's per `config.clip_finetune` (`apply_clip_finetune_policy`), the rest all.
     - **Optimizer**: the optimizer chosen by `args.optim` (AdamW by default) over the official parameter groups
       (`catseg_hf.training.optim.get_parameter_groups`): base learning rate for the aggregator, times
       `args.clip_lr_multiplier` (official 0.01) for the CLIP parameters that train under `config.clip_finetune`;
@@ -47,9 +54,8 @@ class CATSegTrainer(Trainer):
         # Applied in `prediction_step` (before the cross-process padding) instead of by `Trainer.evaluation_loop`.
         self.logits_to_predictions = kwargs.pop("preprocess_logits_for_metrics", None) or logits_to_label_maps
         super().__init__(*args, **kwargs)
-        # CATSegModel.forward takes **kwargs only to reject them with a clear message; its loss is a per-batch mean,
-        # so Trainer must neither pass `num_items_in_batch` nor skip dividing by the accumulation steps.
-        self.model_accepts_loss_kwargs = False
+        # Which CLIP parameters train is part of the recipe (config.clip_finetune), applied before the optimizer.
+        apply_clip_finetune_policy(self.accelerator.unwrap_model(self.model))
         if self.args.remove_unused_columns:
             raise ValueError(
                 "CATSegTrainer needs remove_unused_columns=False: the 'image'/'label' columns are consumed by the "
