@@ -1,9 +1,10 @@
-"""CATSegImageProcessor: parity with the official glue, input kinds, modes, post-processing, save/load."""
+"""CATSegImageProcessor: parity with the official glue, input kinds, modes, kwargs, post-processing, save/load."""
 
 from __future__ import annotations
 
 import os
 import threading
+import warnings
 import time
 from pathlib import Path
 
@@ -13,17 +14,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoImageProcessor
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+from transformers.modeling_outputs import SemanticSegmenterOutput
 
 import catseg_hf.image_processing_catseg as ipmod
 from catseg_hf import CATSegImageProcessor
 
 TOL = 1e-5
-SLIDING_LAYOUT = [640, 640, 384, 256]
 
 
 @pytest.fixture(scope="module")
 def processor() -> CATSegImageProcessor:
-    return CATSegImageProcessor()
+    return CATSegImageProcessor(return_tensors="pt")
 
 
 def _random_uint8(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
@@ -36,51 +38,50 @@ def _random_uint8(height: int, width: int, channels: int = 3, seed: int = 0) -> 
 def test_whole_mode_matches_official_clip_input(processor, official_io, key: str) -> None:
     out = processor(official_io[f"{key}.image"], mode="whole")
     expected = official_io[f"{key}.clip_input"]
+    assert set(out.keys()) == {"pixel_values"}
     assert out["pixel_values"].dtype == torch.float32 and out["pixel_values"].shape == expected.shape
     assert (out["pixel_values"] - expected).abs().max().item() <= TOL
-    assert out["original_sizes"].tolist() == [list(official_io[f"{key}.image"].shape[-2:])]
-    assert out["view_layout"].tolist() == [[0, 0, 0, 0]]
 
 
 @pytest.mark.parametrize("key", ["img0", "img1"])
 def test_whole_mode_post_processing_matches_official(processor, official_io, key: str) -> None:
-    outputs = {
-        "logits": official_io[f"{key}.logits96.pool1x1"],
-        "original_sizes": torch.tensor([list(official_io[f"{key}.image"].shape[-2:])]),
-        "view_layout": torch.zeros(1, 4, dtype=torch.int64),
-    }
+    outputs = SemanticSegmenterOutput(logits=official_io[f"{key}.logits96.pool1x1"])
     target = [official_io[f"{key}.out_hw"].tolist()]
-    result = processor.post_process_semantic_segmentation(outputs, target_sizes=target, return_probabilities=True)
+    image_sizes = [list(official_io[f"{key}.image"].shape[-2:])]
+    result = processor.post_process_semantic_segmentation(
+        outputs, target_sizes=target, return_segmentation_scores=True, image_sizes=image_sizes
+    )
     expected = official_io[f"{key}.infer.pool1x1"]
-    assert len(result) == 1
-    probabilities, segmentation = result[0]["probabilities"], result[0]["segmentation"]
+    assert len(result) == 1 and isinstance(result[0], SemanticSegmentationPostProcessorOutput)
+    probabilities, segmentation = result[0].segmentation_scores, result[0].segmentation
     assert probabilities.dtype == torch.float32 and probabilities.shape == expected.shape
     assert (probabilities - expected).abs().max().item() <= TOL
     assert segmentation.dtype == torch.int64 and torch.equal(segmentation, expected.argmax(0))
-    labels = processor.post_process_semantic_segmentation(outputs, target_sizes=target)
+    labels = processor.post_process_semantic_segmentation(outputs, target_sizes=target, image_sizes=image_sizes)
     assert torch.equal(labels[0], segmentation)
+    # The fixture images are larger than the logits map, so the crop to the image size is a no-op here.
+    assert torch.equal(processor.post_process_semantic_segmentation(outputs, target_sizes=target)[0], segmentation)
 
 
 def test_sliding_post_processing_matches_official(processor, official_io) -> None:
-    outputs = {
-        "logits": official_io["img0.sliding.logits96.pool1x1"],
-        "original_sizes": torch.tensor([[480, 640]]),
-        "view_layout": torch.tensor([SLIDING_LAYOUT]),
-    }
+    views = official_io["img0.sliding.logits96.pool1x1"]  # (5 views, T, h, w) of one image
+    outputs = SemanticSegmenterOutput(logits=views.unsqueeze(0))
     target = [official_io["img0.out_hw"].tolist()]
-    result = processor.post_process_semantic_segmentation(outputs, target_sizes=target, return_probabilities=True)
+    result = processor.post_process_semantic_segmentation(outputs, target_sizes=target, return_segmentation_scores=True)
     expected = official_io["img0.sliding.pool1x1"]
-    assert (result[0]["probabilities"] - expected).abs().max().item() <= TOL
-    assert torch.equal(result[0]["segmentation"], expected.argmax(0))
+    assert (result[0].segmentation_scores - expected).abs().max().item() <= TOL
+    assert torch.equal(result[0].segmentation, expected.argmax(0))
     labels = processor.post_process_semantic_segmentation(outputs, target_sizes=target)
     assert torch.equal(labels[0], expected.argmax(0))
+    # image_sizes only matters in whole mode.
+    with_sizes = processor.post_process_semantic_segmentation(outputs, target_sizes=target, image_sizes=[(480, 640)])
+    assert torch.equal(with_sizes[0], labels[0])
 
 
 def test_sliding_views_follow_the_official_recipe(processor, official_io) -> None:
     image = official_io["img0.image"]
     out = processor(image)  # sliding is the default
-    assert out["pixel_values"].shape == (5, 3, 384, 384)
-    assert out["view_layout"].tolist() == [SLIDING_LAYOUT] and out["original_sizes"].tolist() == [[480, 640]]
+    assert set(out.keys()) == {"pixel_values"} and out["pixel_values"].shape == (1, 5, 3, 384, 384)
     # Independent restatement: unfold of the 640x640 canvas, global view last, CLIP normalisation.
     canvas = torch.nn.functional.interpolate(image[None], size=(640, 640), mode="bilinear", align_corners=False)
     tiles = torch.nn.functional.unfold(canvas, kernel_size=384, stride=256)[0].T.reshape(4, 3, 384, 384)
@@ -88,7 +89,7 @@ def test_sliding_views_follow_the_official_recipe(processor, official_io) -> Non
     mean = torch.tensor(ipmod.CLIP_IMAGE_MEAN).view(-1, 1, 1)
     std = torch.tensor(ipmod.CLIP_IMAGE_STD).view(-1, 1, 1)
     expected = (torch.cat([tiles, global_view]) - mean) / std
-    assert torch.equal(out["pixel_values"], expected)
+    assert torch.equal(out["pixel_values"][0], expected)
 
 
 # ------------------------------------------------------------------------------------------------ sizes and modes
@@ -96,12 +97,8 @@ def test_sliding_views_follow_the_official_recipe(processor, official_io) -> Non
 @pytest.mark.parametrize("mode", ["whole", "sliding"])
 def test_small_and_odd_sizes(processor, size, mode: str) -> None:
     out = processor(_random_uint8(*size), mode=mode)
-    views = 1 if mode == "whole" else 5
-    assert out["pixel_values"].shape == (views, 3, 384, 384)
+    assert out["pixel_values"].shape == ((1, 3, 384, 384) if mode == "whole" else (1, 5, 3, 384, 384))
     assert torch.isfinite(out["pixel_values"]).all()
-    assert out["original_sizes"].tolist() == [list(size)]
-    assert out["original_sizes"].dtype == torch.int64 and out["view_layout"].dtype == torch.int64
-    assert out["view_layout"].tolist() == [[0, 0, 0, 0] if mode == "whole" else SLIDING_LAYOUT]
 
 
 def _rss_bytes() -> int:
@@ -129,20 +126,18 @@ def test_large_image_memory(processor) -> None:
     finally:
         stop.set()
         sampler.join()
-    assert whole["pixel_values"].shape == (1, 3, 384, 384) and sliding["pixel_values"].shape == (5, 3, 384, 384)
-    assert whole["original_sizes"].tolist() == [[3000, 4000]]
+    assert whole["pixel_values"].shape == (1, 3, 384, 384) and sliding["pixel_values"].shape == (1, 5, 3, 384, 384)
     # A float32 copy of the image is 144 MB; a few of them at once is fine, GBs are not.
     assert peak[0] - baseline < 1.0 * 1024**3, f"peak memory grew by {(peak[0] - baseline) / 2**20:.0f} MB"
 
 
 def test_other_clip_resolution_and_sliding_geometry() -> None:
     vit_l = CATSegImageProcessor(clip_resolution=336)
-    assert vit_l(_random_uint8(40, 50))["pixel_values"].shape == (5, 3, 336, 336)
-    assert vit_l(_random_uint8(40, 50), mode="whole")["pixel_values"].shape == (1, 3, 336, 336)
+    assert vit_l(_random_uint8(40, 50), return_tensors="pt")["pixel_values"].shape == (1, 5, 3, 336, 336)
+    assert vit_l(_random_uint8(40, 50), mode="whole", return_tensors="pt")["pixel_values"].shape == (1, 3, 336, 336)
     small = CATSegImageProcessor(sliding_canvas_size=96, sliding_tile_size=64, sliding_stride=16, clip_resolution=32)
-    out = small(_random_uint8(40, 50))
-    assert out["pixel_values"].shape == (3 * 3 + 1, 3, 32, 32)
-    assert out["view_layout"].tolist() == [[96, 96, 64, 16]]
+    out = small(_random_uint8(40, 50), return_tensors="pt")
+    assert out["pixel_values"].shape == (1, 3 * 3 + 1, 3, 32, 32) and small.num_views == 10
 
 
 def test_invalid_settings() -> None:
@@ -229,16 +224,16 @@ def test_bad_inputs(processor) -> None:
 
 def test_mixed_size_batches(processor) -> None:
     images = [_random_uint8(30, 40, seed=1), _random_uint8(64, 31, seed=2), _random_uint8(5, 9, seed=3)]
-    for mode, views in (("whole", 1), ("sliding", 5)):
+    for mode, shape in (("whole", (3, 3, 384, 384)), ("sliding", (3, 5, 3, 384, 384))):
         batch = processor(images, mode=mode)
         singles = [processor(image, mode=mode)["pixel_values"] for image in images]
-        assert batch["pixel_values"].shape == (3 * views, 3, 384, 384)
+        assert batch["pixel_values"].shape == shape
         assert torch.equal(batch["pixel_values"], torch.cat(singles))
-        assert batch["original_sizes"].tolist() == [[30, 40], [64, 31], [5, 9]]
-        assert batch["view_layout"].shape == (3, 4)
+        as_list = processor(images, mode=mode, return_tensors=None)["pixel_values"]
+        assert isinstance(as_list, list) and all(torch.equal(a, b[0]) for a, b in zip(as_list, singles))
     stacked = torch.from_numpy(np.stack([_random_uint8(12, 14, seed=s) for s in range(2)])).permute(0, 3, 1, 2)
     out = processor(stacked, mode="whole")  # a 4-D tensor is a batch
-    assert out["pixel_values"].shape == (2, 3, 384, 384) and out["original_sizes"].tolist() == [[12, 14]] * 2
+    assert out["pixel_values"].shape == (2, 3, 384, 384)
 
 
 def test_zero_to_one_float_images_warn(processor, caplog) -> None:
@@ -255,75 +250,185 @@ def test_zero_to_one_float_images_warn(processor, caplog) -> None:
 def test_numpy_return_tensors(processor) -> None:
     out = processor(_random_uint8(10, 12), return_tensors="np")
     assert isinstance(out["pixel_values"], np.ndarray) and out["pixel_values"].dtype == np.float32
-    assert out["original_sizes"].dtype == np.int64
+    assert out["pixel_values"].shape == (1, 5, 3, 384, 384)
+
+
+# ------------------------------------------------------------------------------------------------- settings (kwargs)
+def test_rescale_normalize_and_data_format(processor) -> None:
+    image = _random_uint8(21, 34)
+    raw = torch.from_numpy(image).permute(2, 0, 1).float()
+    plain = processor(image, mode="whole", do_normalize=False, size_divisibility=0)["pixel_values"][0]
+    expected = F.interpolate(raw[None], size=(384, 384), mode="bilinear", align_corners=False)[0]
+    assert torch.equal(plain, expected)
+    # do_rescale multiplies just before normalising: with mean/std on the 0-1 scale it gives the default views.
+    rescaled = processor(
+        image,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        image_mean=[m / 255 for m in ipmod.CLIP_IMAGE_MEAN],
+        image_std=[s / 255 for s in ipmod.CLIP_IMAGE_STD],
+    )["pixel_values"]
+    assert (rescaled - processor(image)["pixel_values"]).abs().max().item() <= 1e-4
+    assert processor(image, do_rescale=True, rescale_factor=-1.0)["pixel_values"].max() < 0
+    channels_last = processor(image, data_format="channels_last")["pixel_values"]
+    assert channels_last.shape == (1, 5, 384, 384, 3)
+    assert torch.equal(channels_last.movedim(-1, -3), processor(image)["pixel_values"])
+
+
+def test_do_convert_rgb_false_keeps_the_channels(processor) -> None:
+    rgba = np.concatenate([_random_uint8(19, 23), np.full((19, 23, 1), 7, np.uint8)], axis=-1)
+    kept = processor(rgba, do_convert_rgb=False, image_mean=[0.0] * 4, image_std=[1.0] * 4, mode="whole")
+    assert kept["pixel_values"].shape == (1, 4, 384, 384)
+    with pytest.raises(ValueError, match="4 channels but image_mean has 3 values"):
+        processor(rgba, do_convert_rgb=False)
+    gray = processor(rgba[..., 0], do_convert_rgb=False, image_mean=0.0, image_std=1.0, mode="whole")
+    assert gray["pixel_values"].shape == (1, 1, 384, 384)
+
+
+@pytest.mark.parametrize("key", ["size", "crop_size", "do_resize", "resample", "do_pad", "do_center_crop"])
+def test_unsupported_transformers_kwargs_raise(processor, key: str) -> None:
+    value = {"size": {"height": 10, "width": 10}, "crop_size": 10, "resample": 2}.get(key, True)
+    with pytest.raises(ValueError, match=f"does not support \\['{key}'\\]"):
+        processor(_random_uint8(8, 8), **{key: value})
+    with pytest.raises(ValueError, match=f"does not support \\['{key}'\\]"):
+        CATSegImageProcessor(**{key: value})
+
+
+def test_unknown_kwargs_raise(processor) -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument.*clip_resolutoin"):
+        processor(_random_uint8(8, 8), clip_resolutoin=32)
+    with pytest.raises(TypeError, match="unexpected keyword argument.*sliding_strid"):
+        CATSegImageProcessor(sliding_strid=128)
+    with pytest.raises(ValueError, match="return_tensors"):
+        processor(_random_uint8(8, 8), return_tensors="tf")
+
+
+def test_explicit_none_flags_survive_save_and_load(tmp_path: Path) -> None:
+    image_processor = CATSegImageProcessor(do_normalize=None)
+    assert image_processor.to_dict()["do_normalize"] is None
+    image_processor.save_pretrained(tmp_path)
+    assert CATSegImageProcessor.from_pretrained(tmp_path).do_normalize is None
+    # None for CAT-Seg's own settings asks for the default.
+    assert CATSegImageProcessor(clip_resolution=None, image_mean=None).clip_resolution == 384
+
+
+def test_instances_do_not_share_mutable_settings() -> None:
+    first, second = CATSegImageProcessor(), CATSegImageProcessor()
+    first.image_mean[0] = -1.0
+    assert second.image_mean == ipmod.CLIP_IMAGE_MEAN and CATSegImageProcessor.image_mean[0] != -1.0
 
 
 # ------------------------------------------------------------------------------------------------- post-processing
-def _fake_logits(num_views: int, num_classes: int, seed: int = 0, size: int = 24) -> torch.Tensor:
+def _fake_logits(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(num_views, num_classes, size, size, generator=generator) * 3
+    return torch.randn(*shape, generator=generator) * 3
 
 
-def test_post_processing_mixed_batch_and_defaults(processor) -> None:
+def test_post_processing_batches_and_defaults(processor) -> None:
     images = [_random_uint8(30, 40), _random_uint8(50, 20)]
-    sliding = processor(images)
-    whole = processor(images, mode="whole")
-    for inputs, num_views in ((sliding, 10), (whole, 2)):
-        outputs = {"logits": _fake_logits(num_views, 7), **{k: inputs[k] for k in ("original_sizes", "view_layout")}}
+    for mode, logits, default_size in (
+        ("sliding", _fake_logits((2, 5, 7, 24, 24)), (640, 640)),
+        ("whole", _fake_logits((2, 7, 24, 24)), (24, 24)),
+    ):
+        assert processor(images, mode=mode)["pixel_values"].shape[:-3] == logits.shape[:-3]
+        outputs = SemanticSegmenterOutput(logits=logits)
         maps = processor.post_process_semantic_segmentation(outputs)
+        assert [tuple(m.shape) for m in maps] == [default_size] * 2
+        maps = processor.post_process_semantic_segmentation(outputs, target_sizes=[(30, 40), (50, 20)])
         assert [tuple(m.shape) for m in maps] == [(30, 40), (50, 20)]
         assert all(m.dtype == torch.int64 and m.min() >= 0 and m.max() < 7 for m in maps)
         resized = processor.post_process_semantic_segmentation(outputs, target_sizes=torch.tensor([[8, 9], [10, 11]]))
         assert [tuple(m.shape) for m in resized] == [(8, 9), (10, 11)]
-        with_probs = processor.post_process_semantic_segmentation(outputs, return_probabilities=True)
-        assert with_probs[1]["probabilities"].shape == (7, 50, 20)
-        assert with_probs[1]["probabilities"].dtype == torch.float32
-        assert torch.equal(with_probs[1]["segmentation"], maps[1])
-
-
-def test_post_processing_accepts_objects_and_missing_layout(processor) -> None:
-    class Output:
-        def __init__(self, logits):
-            self.logits = logits
-
-    logits = _fake_logits(3, 4)
-    maps = processor.post_process_semantic_segmentation(Output(logits))
-    assert len(maps) == 3 and maps[0].shape == (24, 24)  # whole mode, logits size by default
-    assert torch.equal(maps[0], logits[0].argmax(0))
-    maps = processor.post_process_semantic_segmentation(logits, target_sizes=[(5, 6)] * 3)
-    assert maps[2].shape == (5, 6)
-    with pytest.raises(ValueError, match="target_sizes has 1 entries"):
-        processor.post_process_semantic_segmentation(logits, target_sizes=[(5, 6)])
-    with pytest.raises(ValueError, match="describes 5 views but logits has 3 rows"):
-        processor.post_process_semantic_segmentation(
-            {"logits": logits, "original_sizes": [[10, 10]], "view_layout": [SLIDING_LAYOUT]}
+        scored = processor.post_process_semantic_segmentation(
+            outputs, target_sizes=[(30, 40), (50, 20)], return_segmentation_scores=True
         )
+        assert scored[1].segmentation_scores.shape == (7, 50, 20)
+        assert scored[1].segmentation_scores.dtype == torch.float32
+        assert torch.equal(scored[1].segmentation, maps[1])
+        # Each image alone gives the same map as in the batch.
+        single = processor.post_process_semantic_segmentation(logits[1:], target_sizes=[(50, 20)])
+        assert torch.equal(single[0], maps[1])
+
+
+def test_whole_mode_crops_to_the_image_size_first(processor) -> None:
+    # The official quirk: an image smaller than the logits map keeps only its own corner of the map.
+    logits = _fake_logits((1, 4, 24, 24), seed=2)
+    cropped = processor.post_process_semantic_segmentation(
+        logits, target_sizes=[(16, 20)], image_sizes=[(10, 12)], return_segmentation_scores=True
+    )[0]
+    expected = F.interpolate(logits[:, :, :10, :12].sigmoid(), size=(16, 20), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(cropped.segmentation_scores, expected, rtol=0, atol=1e-6)
+    assert torch.equal(cropped.segmentation, cropped.segmentation_scores.argmax(0))
+    uncropped = processor.post_process_semantic_segmentation(logits, target_sizes=[(16, 20)])[0]
+    assert not torch.equal(uncropped, cropped.segmentation)
+
+
+def test_post_processing_accepts_objects_dicts_and_tensors(processor) -> None:
+    logits = _fake_logits((3, 4, 24, 24))
+    maps = processor.post_process_semantic_segmentation(SemanticSegmenterOutput(logits=logits))
+    assert len(maps) == 3 and maps[0].shape == (24, 24)
+    assert torch.equal(maps[0], logits[0].argmax(0))
+    assert torch.equal(processor.post_process_semantic_segmentation({"logits": logits})[2], maps[2])
+    assert processor.post_process_semantic_segmentation(logits, target_sizes=[(5, 6)] * 3)[2].shape == (5, 6)
+
+
+def test_post_processing_errors(processor) -> None:
+    logits = _fake_logits((3, 4, 24, 24))
+    with pytest.raises(ValueError, match="target_sizes has 1 entries but the logits hold 3 images"):
+        processor.post_process_semantic_segmentation(logits, target_sizes=[(5, 6)])
+    with pytest.raises(ValueError, match="image_sizes has 2 entries"):
+        processor.post_process_semantic_segmentation(logits, image_sizes=[(5, 6)] * 2)
     with pytest.raises(ValueError, match="one row per image"):
         processor.post_process_semantic_segmentation(logits[:1], target_sizes=(5, 6))
     with pytest.raises(ValueError, match="needs the model's `logits`"):
-        processor.post_process_semantic_segmentation({"original_sizes": [[10, 10]]})
+        processor.post_process_semantic_segmentation({"pixel_values": logits})
+    with pytest.raises(ValueError, match="sliding_canvas_size=640, sliding_tile_size=384, sliding_stride=256"):
+        processor.post_process_semantic_segmentation(_fake_logits((1, 3, 4, 24, 24)))
+    with pytest.raises(ValueError, match="got shape \\(4, 24, 24\\)"):
+        processor.post_process_semantic_segmentation(logits[0])
+    for bad in (float("nan"), float("inf")):
+        broken = logits.clone()
+        broken[1, 2, 3, 4] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            processor.post_process_semantic_segmentation(broken)
 
 
-def test_post_processing_chunking_is_exact(processor, monkeypatch) -> None:
+def test_return_probabilities_is_deprecated(processor) -> None:
+    logits = _fake_logits((2, 1 + 4, 6, 24, 24))
+    with pytest.warns(FutureWarning, match="return_segmentation_scores"):
+        old = processor.post_process_semantic_segmentation(logits, return_probabilities=True)
+    new = processor.post_process_semantic_segmentation(logits, return_segmentation_scores=True)
+    assert set(old[0].keys()) == {"segmentation", "probabilities"}
+    assert torch.equal(old[0]["probabilities"], new[0].segmentation_scores)
+    assert torch.equal(old[1]["segmentation"], new[1].segmentation)
+    with pytest.warns(FutureWarning):
+        labels = processor.post_process_semantic_segmentation(logits, return_probabilities=False)
+    assert torch.equal(labels[1], new[1].segmentation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        with pytest.raises(ValueError, match="only `return_segmentation_scores"):
+            processor.post_process_semantic_segmentation(
+                logits, return_probabilities=True, return_segmentation_scores=True
+            )
+
+
+def test_post_processing_chunking_is_exact(monkeypatch) -> None:
     # 300 classes; the first 10 dropped by top-k (-100) in the global view, as the model reports them. A small valid
-    # sliding layout keeps the test fast: the arithmetic does not depend on the sizes.
-    layout = [96, 96, 64, 32]
-    logits = _fake_logits(5 + 1, 300, seed=3)
-    logits[4, :10] = -100.0
-    outputs = {
-        "logits": logits,
-        "original_sizes": torch.tensor([[37, 53], [20, 30]]),
-        "view_layout": torch.tensor([layout, [0, 0, 0, 0]]),
-    }
-    full = processor.post_process_semantic_segmentation(outputs, return_probabilities=True)
+    # sliding window keeps the test fast: the arithmetic does not depend on the sizes.
+    small = CATSegImageProcessor(sliding_canvas_size=96, sliding_tile_size=64, sliding_stride=32)
+    sliding = _fake_logits((1, 5, 300, 24, 24), seed=3)
+    sliding[0, 4, :10] = -100.0
+    whole = _fake_logits((1, 300, 24, 24), seed=4)
+    cases = ((sliding, {"target_sizes": [(37, 53)]}), (whole, {"target_sizes": [(20, 30)], "image_sizes": [(20, 30)]}))
+    full = [small.post_process_semantic_segmentation(x, return_segmentation_scores=True, **kw)[0] for x, kw in cases]
     # Smallest chunks: 16 classes, so 300 classes run as 18 chunks of 16 and one of 12.
     monkeypatch.setattr(ipmod, "_POSTPROCESS_CHUNK_ELEMENTS", 1)
-    chunked_probs = processor.post_process_semantic_segmentation(outputs, return_probabilities=True)
-    chunked_labels = processor.post_process_semantic_segmentation(outputs)
-    for a, b, labels in zip(full, chunked_probs, chunked_labels):
-        assert torch.equal(a["probabilities"], b["probabilities"])
-        assert torch.equal(a["segmentation"], labels)
-        assert torch.equal(a["probabilities"].argmax(0), labels)
+    for (logits, kwargs), reference in zip(cases, full):
+        chunked = small.post_process_semantic_segmentation(logits, return_segmentation_scores=True, **kwargs)[0]
+        labels = small.post_process_semantic_segmentation(logits, **kwargs)[0]
+        assert torch.equal(reference.segmentation_scores, chunked.segmentation_scores)
+        assert torch.equal(reference.segmentation, labels)
+        assert torch.equal(reference.segmentation_scores.argmax(0), labels)
 
 
 def _reference_sliding_probabilities(logits: torch.Tensor, layout, target) -> torch.Tensor:
@@ -342,24 +447,25 @@ def _reference_sliding_probabilities(logits: torch.Tensor, layout, target) -> to
     return F.interpolate(merged, size=target, mode="bilinear", align_corners=False)[0]
 
 
-def test_constant_classes_share_one_map_exactly(processor) -> None:
+def test_constant_classes_share_one_map_exactly() -> None:
     # Classes a top-k model dropped have one constant logit everywhere: post-processing computes their map once.
     # Class 12 varies (one pixel differs) but elsewhere ties with the constant classes 10 and 30: ties go to the
     # lowest id, whichever path computed the tied values.
+    small = CATSegImageProcessor(sliding_canvas_size=96, sliding_tile_size=64, sliding_stride=32)
     layout = [96, 96, 64, 32]
-    logits = _fake_logits(5, 40, seed=5) - 8.0
+    logits = _fake_logits((5, 40, 24, 24), seed=5) - 8.0
     logits[:, [3, 20, 21, 22, 23, 24, 25]] = -100.0
     logits[:, [10, 30]] = 0.0
     logits[:, 12] = 0.0
     logits[0, 12, 0, 0] = 4.0
-    outputs = {"logits": logits, "original_sizes": torch.tensor([[50, 70]]), "view_layout": torch.tensor([layout])}
-    result = processor.post_process_semantic_segmentation(outputs, return_probabilities=True)[0]
-    labels = processor.post_process_semantic_segmentation(outputs)[0]
+    kwargs = {"target_sizes": [(50, 70)]}
+    result = small.post_process_semantic_segmentation(logits[None], return_segmentation_scores=True, **kwargs)[0]
+    labels = small.post_process_semantic_segmentation(logits[None], **kwargs)[0]
     reference = _reference_sliding_probabilities(logits, layout, (50, 70))
-    assert (result["probabilities"] - reference).abs().max().item() <= 1e-6
-    assert torch.equal(result["probabilities"][20], result["probabilities"][3])
-    assert torch.equal(labels, result["probabilities"].argmax(0))
-    assert torch.equal(labels, result["segmentation"])
+    assert (result.segmentation_scores - reference).abs().max().item() <= 1e-6
+    assert torch.equal(result.segmentation_scores[20], result.segmentation_scores[3])
+    assert torch.equal(labels, result.segmentation_scores.argmax(0))
+    assert torch.equal(labels, result.segmentation)
     assert set(labels.unique().tolist()) == {10, 12}
     assert (labels == 10).float().mean().item() > 0.5
 
@@ -368,10 +474,9 @@ def test_constant_classes_share_one_map_exactly(processor) -> None:
     low[:, 7] = -20.0
     low[:, 2] = -20.0
     low[1, 9] = -15.0
-    low_outputs = {**outputs, "logits": low}
-    low_result = processor.post_process_semantic_segmentation(low_outputs, return_probabilities=True)[0]
-    low_labels = processor.post_process_semantic_segmentation(low_outputs)[0]
-    assert torch.equal(low_labels, low_result["probabilities"].argmax(0))
+    low_result = small.post_process_semantic_segmentation(low[None], return_segmentation_scores=True, **kwargs)[0]
+    low_labels = small.post_process_semantic_segmentation(low[None], **kwargs)[0]
+    assert torch.equal(low_labels, low_result.segmentation_scores.argmax(0))
     assert set(low_labels.unique().tolist()) <= {2, 9} and (low_labels == 2).any()
 
 
@@ -387,5 +492,6 @@ def test_save_and_load(tmp_path: Path) -> None:
     assert overridden.mode == "sliding"
     image = _random_uint8(20, 30)
     assert torch.equal(
-        AutoImageProcessor.from_pretrained(tmp_path)(image)["pixel_values"], processor(image)["pixel_values"]
+        AutoImageProcessor.from_pretrained(tmp_path)(image, return_tensors="pt")["pixel_values"],
+        processor(image, return_tensors="pt")["pixel_values"],
     )

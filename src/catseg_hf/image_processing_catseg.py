@@ -4,9 +4,8 @@ This file must only import torch, numpy, PIL, transformers and (relatively) our 
 into saved model folders so that they load with `trust_remote_code=True` where `catseg_hf` is not installed.
 """
 
-from __future__ import annotations
-
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -15,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from transformers import BatchFeature
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BaseImageProcessor
-from transformers.processing_utils import ImagesKwargs
+from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import logging
 
 
@@ -37,16 +37,42 @@ _POSTPROCESS_CHUNK_ELEMENTS = 8 * 1024 * 1024
 _POSTPROCESS_CHUNK_ALIGN = 16
 _PIL_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
+# transformers' `ImagesKwargs` that CAT-Seg's fixed recipe has no use for, with what to use instead. Giving one of them
+# a value raises instead of silently doing nothing.
+_UNSUPPORTED_IMAGES_KWARGS = {
+    "do_resize": "every view is resized; set its side with `clip_resolution`",
+    "size": "set the side of the views with `clip_resolution` and the sliding window with `sliding_canvas_size`, "
+    "`sliding_tile_size` and `sliding_stride`",
+    "default_to_square": "the views are always square (`clip_resolution`)",
+    "crop_size": "CAT-Seg does not crop; whole mode resizes the whole (padded) image, sliding mode tiles it",
+    "do_center_crop": "CAT-Seg does not crop; whole mode resizes the whole (padded) image, sliding mode tiles it",
+    "resample": "all resizes are bilinear without antialiasing, as in the official implementation",
+    "do_pad": "whole mode pads to a multiple of `size_divisibility` (0 or 1: no padding)",
+    "pad_size": "whole mode pads to a multiple of `size_divisibility` (0 or 1: no padding)",
+    "disable_grouping": "images are processed one at a time",
+    "image_seq_length": "CAT-Seg has no image tokens",
+}
+# Keys that `save_pretrained` / `from_pretrained` add to a saved configuration; handed to the base class as is.
+_CONFIG_BOOKKEEPING_KEYS = ("image_processor_type", "auto_map", "processor_class", "feature_extractor_type")
+_INT_SETTINGS = ("clip_resolution", "size_divisibility", "sliding_canvas_size", "sliding_tile_size", "sliding_stride")
+_RETURN_TENSORS = (None, "pt", "np")
+_DATA_FORMATS = ("channels_first", "channels_last")
+
 
 class CATSegImageProcessorKwargs(ImagesKwargs, total=False):
-    """Keyword arguments of [`CATSegImageProcessor`] on top of transformers' `ImagesKwargs`.
-
-    clip_resolution (`int`): side of the square views fed to CLIP.
-    size_divisibility (`int`): whole mode pads (bottom/right, with zeros after normalisation) to a multiple of this.
-    mode (`str`): `"sliding"` or `"whole"`.
-    sliding_canvas_size (`int`): side of the square canvas the image is resized to in sliding mode.
-    sliding_tile_size (`int`): side of the sliding-window tiles (and of the global view).
-    sliding_stride (`int`): stride of the sliding window.
+    """
+    clip_resolution (`int`, *optional*, defaults to `self.clip_resolution`):
+        Side of the square views fed to CLIP.
+    size_divisibility (`int`, *optional*, defaults to `self.size_divisibility`):
+        Whole mode pads each image (bottom/right, after normalisation) to a multiple of this; 0 or 1: no padding.
+    mode (`str`, *optional*, defaults to `self.mode`):
+        `"sliding"` or `"whole"`.
+    sliding_canvas_size (`int`, *optional*, defaults to `self.sliding_canvas_size`):
+        Side of the square canvas the image is resized to in sliding mode.
+    sliding_tile_size (`int`, *optional*, defaults to `self.sliding_tile_size`):
+        Side of the sliding-window tiles and of the global view.
+    sliding_stride (`int`, *optional*, defaults to `self.sliding_stride`):
+        Stride of the sliding window.
     """
 
     clip_resolution: int
@@ -59,7 +85,7 @@ class CATSegImageProcessorKwargs(ImagesKwargs, total=False):
 
 class CATSegImageProcessor(BaseImageProcessor):
     r"""
-    Turns images into the CLIP views CAT-Seg runs on, and turns CAT-Seg's logits back into segmentation maps.
+    Turns images into the CLIP views CAT-Seg runs on, and CAT-Seg's logits back into segmentation maps.
 
     Two modes, both following the official implementation operation by operation (float32 torch math):
 
@@ -70,267 +96,335 @@ class CATSegImageProcessor(BaseImageProcessor):
     - `"whole"`: the image is CLIP-normalised, zero-padded bottom/right to a multiple of `size_divisibility`, then
       bilinearly resized to `clip_resolution` x `clip_resolution` (aspect ratio not kept). One view per image.
 
-    All resizes are bilinear with `align_corners=False` and no antialiasing.
+    All resizes are bilinear with `align_corners=False` and no antialiasing. The pixel values are on the 0-255 scale,
+    and so are the default mean and standard deviation (the official ones).
+
+    Every setting below is also a keyword argument of [`~CATSegImageProcessor.preprocess`], which overrides it for
+    one call. transformers' resize/crop/pad arguments (`size`, `crop_size`, `do_resize`, `resample`, `do_pad`, ...)
+    are rejected with an error, as CAT-Seg's views are fixed by the settings below.
 
     Args:
         clip_resolution (`int`, *optional*, defaults to 384):
             Side of the square views fed to CLIP (384 for ViT-B/16, 336 for ViT-L/14@336).
-        image_mean (`list[float]`, *optional*, defaults to CLIP's mean on the 0-255 scale):
-            Per-channel mean subtracted from the 0-255 pixels.
-        image_std (`list[float]`, *optional*, defaults to CLIP's std on the 0-255 scale):
+        image_mean (`float` or `list[float]`, *optional*, defaults to CLIP's mean on the 0-255 scale):
+            Per-channel mean subtracted from the pixels (one value per channel, or one for all).
+        image_std (`float` or `list[float]`, *optional*, defaults to CLIP's std on the 0-255 scale):
             Per-channel standard deviation the pixels are divided by.
         size_divisibility (`int`, *optional*, defaults to 32):
             Whole mode pads each image to a multiple of this before resizing (0 or 1: no padding).
         mode (`str`, *optional*, defaults to `"sliding"`):
-            `"sliding"` or `"whole"`; can be overridden per call.
+            `"sliding"` or `"whole"`.
         sliding_canvas_size (`int`, *optional*, defaults to 640):
             Side of the square canvas of the sliding window.
         sliding_tile_size (`int`, *optional*, defaults to 384):
             Side of the tiles and of the global view.
         sliding_stride (`int`, *optional*, defaults to 256):
             Stride of the tiles (the official `int(384 * (1 - 0.333))`). `canvas - tile` must be a multiple of it.
+        do_convert_rgb (`bool`, *optional*, defaults to `True`):
+            Whether to convert every image to 3 channels (grayscale replicated, alpha dropped). With `False` the
+            channels are kept as given, and `image_mean`/`image_std` must have one value per channel (or one).
+        do_rescale (`bool`, *optional*, defaults to `False`):
+            Whether to multiply the 0-255 pixel values by `rescale_factor` just before normalising them. Off by
+            default, as CAT-Seg's mean and standard deviation are on the 0-255 scale.
+        rescale_factor (`float`, *optional*, defaults to `1/255`):
+            The factor of `do_rescale`.
+        do_normalize (`bool`, *optional*, defaults to `True`):
+            Whether to subtract `image_mean` and divide by `image_std`.
+        data_format (`str`, *optional*, defaults to `"channels_first"`):
+            Layout of `pixel_values`: `"channels_first"` (what the model takes) or `"channels_last"`.
+        input_data_format (`str`, *optional*):
+            Layout of array inputs, `"channels_first"` or `"channels_last"`; inferred from the shape when unset.
+        device (`str` or `torch.device`, *optional*):
+            Where the arithmetic runs (default: CPU); the returned tensors stay there.
+        return_tensors (`str`, *optional*):
+            `"pt"`, `"np"`, or `None` for a list with one tensor per image.
     """
 
     # Saved folders carry this file and an `auto_map`, so they load with `trust_remote_code=True` anywhere.
     _auto_class = "AutoImageProcessor"
 
-    model_input_names = ["pixel_values", "original_sizes", "view_layout"]
+    model_input_names = ["pixel_values"]
     valid_kwargs = CATSegImageProcessorKwargs
 
-    def __init__(
-        self,
-        clip_resolution: int = 384,
-        image_mean: Sequence[float] | None = None,
-        image_std: Sequence[float] | None = None,
-        size_divisibility: int = 32,
-        mode: str = "sliding",
-        sliding_canvas_size: int = 640,
-        sliding_tile_size: int = 384,
-        sliding_stride: int = 256,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.clip_resolution = int(clip_resolution)
-        self.image_mean = [float(v) for v in (image_mean if image_mean is not None else CLIP_IMAGE_MEAN)]
-        self.image_std = [float(v) for v in (image_std if image_std is not None else CLIP_IMAGE_STD)]
-        self.size_divisibility = int(size_divisibility)
-        self.mode = mode
-        self.sliding_canvas_size = int(sliding_canvas_size)
-        self.sliding_tile_size = int(sliding_tile_size)
-        self.sliding_stride = int(sliding_stride)
-        _validate_settings(
-            mode=self.mode,
-            clip_resolution=self.clip_resolution,
-            image_mean=self.image_mean,
-            image_std=self.image_std,
-            size_divisibility=self.size_divisibility,
-            canvas=self.sliding_canvas_size,
-            tile=self.sliding_tile_size,
-            stride=self.sliding_stride,
-        )
+    # Defaults, as class attributes (the transformers 5 convention); an instance keeps only what it was given.
+    clip_resolution = 384
+    image_mean = CLIP_IMAGE_MEAN
+    image_std = CLIP_IMAGE_STD
+    size_divisibility = 32
+    mode = "sliding"
+    sliding_canvas_size = 640
+    sliding_tile_size = 384
+    sliding_stride = 256
+    do_convert_rgb = True
+    do_rescale = False
+    rescale_factor = 1 / 255
+    do_normalize = True
+    data_format = "channels_first"
+    input_data_format = None
+    device = None
+    return_tensors = None
+
+    def __init__(self, **kwargs: Unpack[CATSegImageProcessorKwargs]) -> None:
+        bookkeeping = {key: kwargs.pop(key) for key in _CONFIG_BOOKKEEPING_KEYS if key in kwargs}
+        settings = self._resolve_settings(kwargs, f"{type(self).__name__}()")
+        super().__init__(**bookkeeping)
+        # Every setting is stored on the instance, so that `to_dict` / `save_pretrained` write all of them.
+        for key, value in settings.items():
+            setattr(self, key, value)
+
+    @property
+    def num_views(self) -> int:
+        """Views per image in sliding mode with the current settings: the tiles plus the global view."""
+        canvas, tile, stride = self.sliding_canvas_size, self.sliding_tile_size, self.sliding_stride
+        return _num_views((canvas, canvas, tile, stride))
 
     # ------------------------------------------------------------------------------------------------ preprocessing
-    def preprocess(
-        self,
-        images: Any,
-        mode: str | None = None,
-        clip_resolution: int | None = None,
-        image_mean: Sequence[float] | None = None,
-        image_std: Sequence[float] | None = None,
-        size_divisibility: int | None = None,
-        sliding_canvas_size: int | None = None,
-        sliding_tile_size: int | None = None,
-        sliding_stride: int | None = None,
-        input_data_format: str | None = None,
-        return_tensors: str | None = "pt",
-        device: str | torch.device | None = None,
-        **kwargs: Any,
-    ) -> BatchFeature:
-        """Computes the CLIP views of one image or a list of images.
+    def preprocess(self, images: Any, **kwargs: Unpack[CATSegImageProcessorKwargs]) -> BatchFeature:
+        r"""
+        Computes the CLIP views of one image or a list of images.
 
         Args:
-            images: a PIL image, a numpy array or a torch tensor, or a list of them (sizes may differ; each image is
-                processed on its own and the views are concatenated). Arrays may be HWC or CHW (`input_data_format`
-                settles ambiguous shapes; numpy defaults to HWC, torch to CHW), a 4-D array is a batch. Pixel values
-                are on the 0-255 scale: uint8 as is, uint16 (and 16-bit PIL modes) divided by 257, floats and other
-                integers taken as 0-255. Grayscale is replicated to 3 channels, alpha is dropped.
-            mode: `"sliding"` or `"whole"` (default: `self.mode`).
-            clip_resolution, image_mean, image_std, size_divisibility, sliding_canvas_size, sliding_tile_size,
-            sliding_stride: per-call overrides of the processor's settings.
-            input_data_format: `"channels_first"` or `"channels_last"` for array inputs whose layout is ambiguous.
-            return_tensors: `"pt"` (default) or `"np"`.
-            device: where to run the arithmetic (default: CPU).
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+                The images; sizes may differ (each image is processed on its own). Arrays may be HWC or CHW
+                (`input_data_format` settles ambiguous shapes; numpy defaults to HWC, torch to CHW), a 4-D array is
+                a batch. Pixel values are on the 0-255 scale: uint8 as is, uint16 (and 16-bit PIL modes) divided by
+                257, floats and other integers taken as 0-255.
+            kwargs ([`CATSegImageProcessorKwargs`], *optional*):
+                Per-call overrides of any setting of the processor (see the class docstring), e.g. `mode="whole"`,
+                and `return_tensors`.
 
         Returns:
-            [`BatchFeature`] with
-            - `pixel_values`: float32 `(num_views_total, 3, clip_resolution, clip_resolution)`;
-            - `original_sizes`: int64 `(batch, 2)`, the `(height, width)` of each input image;
-            - `view_layout`: int64 `(batch, 4)`, `(canvas_height, canvas_width, tile_size, stride)` of each image's
-              sliding window, all zeros for an image processed in whole mode.
+            [`BatchFeature`] with `pixel_values`: float32 `(batch, 3, clip_resolution, clip_resolution)` in whole mode,
+            `(batch, num_views, 3, clip_resolution, clip_resolution)` in sliding mode (the tiles in row-major order,
+            then the global view); with `return_tensors=None` a list of one such tensor per image (without the batch
+            dimension).
         """
-        if kwargs:
-            logger.warning(
-                f"CATSegImageProcessor ignores the unknown keyword arguments {sorted(kwargs)}; its settings are "
-                "mode, clip_resolution, image_mean, image_std, size_divisibility, sliding_canvas_size, "
-                "sliding_tile_size, sliding_stride, input_data_format, return_tensors and device."
-            )
-        mode = self.mode if mode is None else mode
-        clip_resolution = self.clip_resolution if clip_resolution is None else int(clip_resolution)
-        image_mean = self.image_mean if image_mean is None else [float(v) for v in image_mean]
-        image_std = self.image_std if image_std is None else [float(v) for v in image_std]
-        size_divisibility = self.size_divisibility if size_divisibility is None else int(size_divisibility)
-        canvas = self.sliding_canvas_size if sliding_canvas_size is None else int(sliding_canvas_size)
-        tile = self.sliding_tile_size if sliding_tile_size is None else int(sliding_tile_size)
-        stride = self.sliding_stride if sliding_stride is None else int(sliding_stride)
-        _validate_settings(mode, clip_resolution, image_mean, image_std, size_divisibility, canvas, tile, stride)
-        if return_tensors not in (None, "pt", "np"):
-            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}.")
-
+        settings = self._resolve_settings(kwargs, f"{type(self).__name__}.preprocess()")
         image_list = _as_image_list(images)
         if not image_list:
             raise ValueError("No image given: pass a PIL image, a numpy array, a torch tensor, or a non-empty list.")
 
-        compute_device = torch.device(device) if device is not None else torch.device("cpu")
-        # torch.tensor(list) in float32, then view(-1, 1, 1): the same values the official code normalises with.
-        mean = torch.tensor(image_mean, dtype=torch.float32, device=compute_device).view(-1, 1, 1)
-        std = torch.tensor(image_std, dtype=torch.float32, device=compute_device).view(-1, 1, 1)
-
-        views, original_sizes, layouts = [], [], []
+        device = torch.device(settings["device"]) if settings["device"] is not None else torch.device("cpu")
+        views = []
         for index, image in enumerate(image_list):
             try:
-                pixels = _to_float_chw(image, input_data_format)
+                pixels = _to_float_chw(image, settings["input_data_format"], settings["do_convert_rgb"])
+                mean, std = _normalisation(settings, pixels.shape[0], device)
             except (TypeError, ValueError) as err:
                 raise type(err)(f"Image {index} of the batch: {err}") from err
-            pixels = pixels.to(compute_device)
-            original_sizes.append(list(pixels.shape[-2:]))
-            if mode == "whole":
-                views.append(_whole_view(pixels, mean, std, size_divisibility, clip_resolution))
-                layouts.append([0, 0, 0, 0])
+            pixels = pixels.to(device)
+            scale = settings["rescale_factor"] if settings["do_rescale"] else None
+            if settings["mode"] == "whole":
+                image_views = _whole_view(
+                    pixels, scale, mean, std, settings["size_divisibility"], settings["clip_resolution"]
+                )[0]
             else:
-                views.append(_sliding_views(pixels, mean, std, canvas, tile, stride, clip_resolution))
-                layouts.append([canvas, canvas, tile, stride])
+                image_views = _sliding_views(
+                    pixels,
+                    scale,
+                    mean,
+                    std,
+                    settings["sliding_canvas_size"],
+                    settings["sliding_tile_size"],
+                    settings["sliding_stride"],
+                    settings["clip_resolution"],
+                )
+            if settings["data_format"] == "channels_last":
+                image_views = image_views.movedim(-3, -1)
+            views.append(image_views)
             del pixels  # a 4000x3000 float image is ~140 MB: free it before the next one
 
-        data = {
-            "pixel_values": torch.cat(views, dim=0),
-            "original_sizes": torch.tensor(original_sizes, dtype=torch.int64),
-            "view_layout": torch.tensor(layouts, dtype=torch.int64),
-        }
+        return_tensors = settings["return_tensors"]
+        if return_tensors is None:
+            return BatchFeature(data={"pixel_values": views})
+        pixel_values = torch.stack(views)
+        del views
         if return_tensors == "np":
-            data = {key: value.cpu().numpy() for key, value in data.items()}
-        return BatchFeature(data=data, tensor_type=return_tensors)
+            pixel_values = pixel_values.cpu().numpy()
+        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+    def _resolve_settings(self, kwargs: dict[str, Any], caller: str) -> dict[str, Any]:
+        """The settings of one call (or of `__init__`): `kwargs` over this instance's, checked and normalised."""
+        valid = set(self.valid_kwargs.__annotations__)
+        unknown = sorted(set(kwargs) - valid)
+        if unknown:
+            raise TypeError(
+                f"{caller} got unexpected keyword argument(s) {unknown}. Its settings are "
+                f"{sorted(valid - set(_UNSUPPORTED_IMAGES_KWARGS))}."
+            )
+        unsupported = [key for key in kwargs if key in _UNSUPPORTED_IMAGES_KWARGS and kwargs[key] is not None]
+        if unsupported:
+            details = "; ".join(f"`{key}`: {_UNSUPPORTED_IMAGES_KWARGS[key]}" for key in unsupported)
+            raise ValueError(f"{caller} does not support {unsupported} (CAT-Seg's views are fixed): {details}.")
+
+        settings = {}
+        for key in sorted(valid - set(_UNSUPPORTED_IMAGES_KWARGS)):
+            value = kwargs[key] if key in kwargs else getattr(self, key)
+            if value is None and (key in _INT_SETTINGS or key in ("mode", "image_mean", "image_std")):
+                value = getattr(type(self), key)  # None asks for the default of CAT-Seg's own settings
+            settings[key] = value
+
+        for key in _INT_SETTINGS:
+            value = settings[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)) or value != int(value):
+                raise ValueError(f"{key} must be an integer, got {value!r}.")
+            settings[key] = int(value)
+        if not isinstance(settings["mode"], str):
+            raise ValueError(f"mode must be one of {PROCESSING_MODES}, got {settings['mode']!r}.")
+        for key in ("image_mean", "image_std"):
+            value = settings[key]
+            settings[key] = float(value) if isinstance(value, (int, float)) else [float(v) for v in value]
+        if settings["rescale_factor"] is not None:
+            settings["rescale_factor"] = float(settings["rescale_factor"])
+        for key in ("data_format", "input_data_format", "return_tensors"):
+            # Enums (ChannelDimension, TensorType) compare by their string value.
+            settings[key] = getattr(settings[key], "value", settings[key])
+        if settings["data_format"] is None:
+            settings["data_format"] = "channels_first"
+
+        _validate_settings(
+            mode=settings["mode"],
+            clip_resolution=settings["clip_resolution"],
+            image_mean=settings["image_mean"],
+            image_std=settings["image_std"],
+            size_divisibility=settings["size_divisibility"],
+            canvas=settings["sliding_canvas_size"],
+            tile=settings["sliding_tile_size"],
+            stride=settings["sliding_stride"],
+        )
+        if settings["do_rescale"] and settings["rescale_factor"] is None:
+            raise ValueError("do_rescale=True needs a rescale_factor.")
+        if settings["data_format"] not in _DATA_FORMATS:
+            raise ValueError(f"data_format must be one of {_DATA_FORMATS}, got {settings['data_format']!r}.")
+        if settings["input_data_format"] not in (None, *_DATA_FORMATS):
+            raise ValueError(
+                f"input_data_format must be None or one of {_DATA_FORMATS}, got {settings['input_data_format']!r}."
+            )
+        if settings["return_tensors"] not in _RETURN_TENSORS:
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {settings['return_tensors']!r}.")
+        return settings
 
     # ---------------------------------------------------------------------------------------------- postprocessing
     def post_process_semantic_segmentation(
         self,
         outputs: Any,
         target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
-        return_probabilities: bool = False,
-    ) -> list[torch.Tensor] | list[dict[str, torch.Tensor]]:
-        """Turns CAT-Seg's logits into one label map per image (and optionally per-class probabilities).
+        return_segmentation_scores: bool = False,
+        image_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
+        return_probabilities: bool | None = None,
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
+        r"""
+        Turns the logits of [`CATSegForSemanticSegmentation`] into one label map per image.
 
-        Whole-mode images: sigmoid, then bilinear resize to the target size. Sliding-mode images: the logits of the
-        tiles and of the global view are resized to the tile size and passed through a sigmoid; the tiles are folded
-        back onto the canvas (overlaps averaged), averaged with the global view resized to the canvas, and the result
-        is resized to the target size. The label of a pixel is the arg-max over classes.
+        Whole mode (4-D logits): sigmoid, then bilinear resize to the target size. Sliding mode (5-D logits): the
+        logits of the tiles and of the global view are resized to the tile size and passed through a sigmoid; the
+        tiles are folded back onto the canvas (overlaps averaged), averaged with the global view resized to the
+        canvas, and the result is resized to the target size. The label of a pixel is the arg-max over classes.
+
+        The sliding window is the one of this processor's settings (`sliding_canvas_size`, `sliding_tile_size`,
+        `sliding_stride`): post-process with the processor that made the inputs.
 
         Args:
-            outputs: the model output (attribute or key access) with `logits` `(num_views_total, T, h, w)` and, as
-                handed back by the model from the processor's outputs, `original_sizes` `(batch, 2)` and
-                `view_layout` `(batch, 4)`. Without `original_sizes`/`view_layout` every logits row is treated as a
-                whole-mode image. A bare logits tensor is accepted too.
-            target_sizes: `(height, width)` per image (a list of pairs or a `(batch, 2)` tensor). Default: the
-                original image sizes; without those, the canvas size (sliding) or the logits size (whole).
-            return_probabilities: also return the per-class probabilities at the target size.
+            outputs ([`CATSegSemanticSegmenterOutput`] or `torch.Tensor`):
+                The model output (or a dict) with `logits`, or the logits themselves: `(batch, num_classes, height,
+                width)` for whole-mode inputs, `(batch, num_views, num_classes, height, width)` for sliding-mode ones.
+            target_sizes (`list[tuple[int, int]]` or `torch.Tensor` of shape `(batch, 2)`, *optional*):
+                The `(height, width)` of each output map, usually the size of each original image. Defaults to the
+                canvas size (sliding) or the logits size (whole).
+            return_segmentation_scores (`bool`, *optional*, defaults to `False`):
+                Whether to also return the per-class scores: the probabilities the official implementation outputs.
+            image_sizes (`list[tuple[int, int]]` or `torch.Tensor` of shape `(batch, 2)`, *optional*):
+                The `(height, width)` of each image as given to the processor. In whole mode the probability map is
+                first cropped to it, as the official post-processing does (a no-op unless the image is smaller than
+                the logits map); not used in sliding mode.
+            return_probabilities (`bool`, *optional*):
+                Deprecated: use `return_segmentation_scores`. `True` returns dicts with `"segmentation"` and
+                `"probabilities"`.
 
         Returns:
-            A list with one entry per image: an int64 `(height, width)` label map, or with
-            `return_probabilities=True` a dict `{"segmentation": (height, width) int64, "probabilities":
-            (T, height, width) float32}`.
+            `list[torch.Tensor]`: one int64 `(height, width)` label map per image; with
+            `return_segmentation_scores=True`, one [`~image_processing_outputs.SemanticSegmentationPostProcessorOutput`]
+            per image with `segmentation` (int64 `(height, width)`) and `segmentation_scores` (float32
+            `(num_classes, height, width)` probabilities).
         """
+        if return_probabilities is not None:
+            warnings.warn(
+                "`return_probabilities` is deprecated and will be removed in the next release: use "
+                "`return_segmentation_scores=True`, whose `segmentation_scores` are the same probabilities.",
+                FutureWarning,
+                stacklevel=2,
+            )
+            if return_probabilities and return_segmentation_scores:
+                raise ValueError("Pass only `return_segmentation_scores=True` (`return_probabilities` is deprecated).")
         logits = _get_field(outputs, "logits")
-        if logits is None:
+        if not isinstance(logits, torch.Tensor):
             raise ValueError(
                 "post_process_semantic_segmentation needs the model's `logits` (an output object or dict with a "
-                "`logits` entry, or the logits tensor itself)."
+                "`logits` tensor, or the logits tensor itself)."
             )
-        if logits.ndim != 4:
-            raise ValueError(
-                f"logits must be (num_views, num_classes, height, width), got shape {tuple(logits.shape)}."
-            )
-        original_sizes = _get_field(outputs, "original_sizes")
-        view_layout = _get_field(outputs, "view_layout")
-        layouts = self._resolve_layouts(logits.shape[0], original_sizes, view_layout)
-        num_images = len(layouts)
-
-        if original_sizes is not None:
-            original_sizes = _as_size_list(original_sizes, "original_sizes")
-            if len(original_sizes) != num_images:
+        if logits.ndim == 4:
+            layout = (0, 0, 0, 0)
+        elif logits.ndim == 5:
+            canvas, tile, stride = self.sliding_canvas_size, self.sliding_tile_size, self.sliding_stride
+            _validate_settings("sliding", 1, [0.0], [1.0], 0, canvas, tile, stride)
+            layout = (canvas, canvas, tile, stride)
+            if logits.shape[1] != _num_views(layout):
                 raise ValueError(
-                    f"original_sizes has {len(original_sizes)} rows but view_layout describes {num_images} images."
+                    f"The sliding-mode logits hold {logits.shape[1]} views per image, but this processor's sliding "
+                    f"window (sliding_canvas_size={canvas}, sliding_tile_size={tile}, sliding_stride={stride}) has "
+                    f"{_num_views(layout)}; post-process with the settings the inputs were made with."
                 )
+        else:
+            raise ValueError(
+                "logits must be (batch, num_classes, height, width) for whole mode or (batch, num_views, "
+                f"num_classes, height, width) for sliding mode, got shape {tuple(logits.shape)}."
+            )
+        if not bool(torch.isfinite(logits).all()):
+            raise ValueError(
+                "The logits contain NaN or infinite values, so no segmentation can be read from them; check the "
+                "model's inputs and dtype (e.g. float16 overflow)."
+            )
+
+        num_images = logits.shape[0]
         if target_sizes is not None:
             target_sizes = _as_size_list(target_sizes, "target_sizes")
             if len(target_sizes) != num_images:
                 raise ValueError(
-                    f"target_sizes has {len(target_sizes)} entries but the outputs hold {num_images} images "
-                    f"({logits.shape[0]} logits rows); pass one (height, width) per image."
+                    f"target_sizes has {len(target_sizes)} entries but the logits hold {num_images} images; pass one "
+                    "(height, width) per image."
                 )
-        elif original_sizes is not None:
-            target_sizes = original_sizes
         else:
-            target_sizes = [
-                (layout[0], layout[1]) if any(layout) else tuple(logits.shape[-2:]) for layout in layouts
-            ]
-
-        results = []
-        start = 0
-        for index, (layout, target) in enumerate(zip(layouts, target_sizes)):
-            num_views = _num_views(layout)
-            image_logits = logits[start : start + num_views]
-            start += num_views
-            input_size = tuple(original_sizes[index]) if original_sizes is not None else None
-            results.append(_postprocess_one(image_logits, layout, tuple(target), return_probabilities, input_size))
-        return results
-
-    def _resolve_layouts(
-        self, num_rows: int, original_sizes: Any, view_layout: Any
-    ) -> list[tuple[int, int, int, int]]:
-        """One `(canvas_h, canvas_w, tile, stride)` per image (zeros = whole), checked against the logits rows."""
-        if view_layout is None:
-            if original_sizes is not None and len(original_sizes) != num_rows:
+            default = layout[:2] if any(layout) else tuple(logits.shape[-2:])
+            target_sizes = [tuple(default)] * num_images
+        if image_sizes is not None:
+            image_sizes = _as_size_list(image_sizes, "image_sizes")
+            if len(image_sizes) != num_images:
                 raise ValueError(
-                    f"The outputs have original_sizes for {len(original_sizes)} images but {num_rows} logits rows and "
-                    "no view_layout; pass the processor's `view_layout` through the model (it hands it back on its "
-                    "outputs) so that sliding-window views can be told apart."
+                    f"image_sizes has {len(image_sizes)} entries but the logits hold {num_images} images; pass one "
+                    "(height, width) per image."
                 )
-            return [(0, 0, 0, 0)] * num_rows
-        layouts = [tuple(int(v) for v in row) for row in _as_int_rows(view_layout, "view_layout", 4)]
-        for layout in layouts:
-            if any(layout):
-                canvas_h, canvas_w, tile, stride = layout
-                if min(layout) <= 0 or tile > min(canvas_h, canvas_w) or (canvas_h - tile) % stride or (
-                    canvas_w - tile
-                ) % stride:
-                    raise ValueError(
-                        f"Invalid view_layout row {list(layout)}: expected (canvas_h, canvas_w, tile, stride) with "
-                        "tile <= canvas and (canvas - tile) a multiple of stride, or all zeros for whole mode."
-                    )
-        expected = sum(_num_views(layout) for layout in layouts)
-        if expected != num_rows:
-            raise ValueError(
-                f"view_layout describes {expected} views but logits has {num_rows} rows; pass the logits and the "
-                "view_layout/original_sizes of the same processor call."
-            )
-        return layouts
+
+        want_scores = bool(return_segmentation_scores or return_probabilities)
+        results = []
+        for index in range(num_images):
+            # Whole mode: one view of shape (1, T, h, w); sliding mode: (num_views, T, h, w).
+            image_logits = logits[index] if any(layout) else logits[index : index + 1]
+            input_size = image_sizes[index] if image_sizes is not None and not any(layout) else None
+            result = _postprocess_one(image_logits, layout, target_sizes[index], want_scores, input_size)
+            if return_segmentation_scores:
+                result = SemanticSegmentationPostProcessorOutput(
+                    data={"segmentation": result["segmentation"], "segmentation_scores": result["probabilities"]}
+                )
+            results.append(result)
+        return results
 
 
 # ==================================================================================================== helpers
 def _validate_settings(
     mode: str,
     clip_resolution: int,
-    image_mean: Sequence[float],
-    image_std: Sequence[float],
+    image_mean: float | Sequence[float],
+    image_std: float | Sequence[float],
     size_divisibility: int,
     canvas: int,
     tile: int,
@@ -340,10 +434,12 @@ def _validate_settings(
         raise ValueError(f"mode must be one of {PROCESSING_MODES}, got {mode!r}.")
     if clip_resolution <= 0:
         raise ValueError(f"clip_resolution must be positive, got {clip_resolution}.")
-    if len(image_mean) != 3 or len(image_std) != 3:
-        raise ValueError(f"image_mean and image_std need 3 values (RGB), got {list(image_mean)} and {list(image_std)}.")
-    if min(image_std) <= 0:
-        raise ValueError(f"image_std values must be positive, got {list(image_std)}.")
+    means = [image_mean] if isinstance(image_mean, float) else list(image_mean)
+    stds = [image_std] if isinstance(image_std, float) else list(image_std)
+    if not means or not stds:
+        raise ValueError(f"image_mean and image_std need one value per channel, got {image_mean} and {image_std}.")
+    if min(stds) <= 0:
+        raise ValueError(f"image_std values must be positive, got {image_std}.")
     if size_divisibility < 0:
         raise ValueError(f"size_divisibility must be >= 0 (0 or 1: no padding), got {size_divisibility}.")
     if mode == "sliding":
@@ -357,6 +453,37 @@ def _validate_settings(
                 f"Sliding window: (canvas - tile) = {canvas - tile} is not a multiple of the stride {stride}, so the "
                 "tiles would not cover the canvas; change sliding_canvas_size, sliding_tile_size or sliding_stride."
             )
+
+
+def _normalisation(
+    settings: dict[str, Any], num_channels: int, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The mean and std as `(C, 1, 1)` float32 tensors (None when not normalising), checked against the channels."""
+    if not settings["do_normalize"]:
+        return None, None
+    tensors = []
+    for key in ("image_mean", "image_std"):
+        values = settings[key]
+        values = [values] if isinstance(values, float) else values
+        if len(values) not in (1, num_channels):
+            raise ValueError(
+                f"The image has {num_channels} channels but {key} has {len(values)} values {values}; give one value "
+                "per channel (or one for all)."
+            )
+        # torch.tensor(list) in float32, then view(-1, 1, 1): the same values the official code normalises with.
+        tensors.append(torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1))
+    return tensors[0], tensors[1]
+
+
+def _rescale_and_normalise(
+    pixels: torch.Tensor, scale: float | None, mean: torch.Tensor | None, std: torch.Tensor | None
+) -> torch.Tensor:
+    # Without rescaling this is exactly the official `(x - mean) / std`.
+    if scale is not None:
+        pixels = pixels * scale
+    if mean is not None:
+        pixels = (pixels - mean) / std
+    return pixels
 
 
 def _as_image_list(images: Any) -> list[Any]:
@@ -418,8 +545,8 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
         raise ValueError(f"Unsupported PIL image mode {mode!r}: convert the image to 'RGB' first ({err}).") from err
 
 
-def _to_float_chw(image: Any, input_data_format: Any = None) -> torch.Tensor:
-    """One image as a float32 (3, H, W) CPU tensor on the 0-255 scale."""
+def _to_float_chw(image: Any, input_data_format: Any = None, convert_rgb: bool = True) -> torch.Tensor:
+    """One image as a float32 (C, H, W) CPU tensor on the 0-255 scale; C = 3 with `convert_rgb`, else as given."""
     # Only caller-provided float data is checked for a 0-1 scale; 16-bit inputs become floats here legitimately.
     is_float_input = (isinstance(image, np.ndarray) and image.dtype.kind == "f") or (
         isinstance(image, torch.Tensor) and image.is_floating_point()
@@ -467,12 +594,12 @@ def _to_float_chw(image: Any, input_data_format: Any = None) -> torch.Tensor:
         raise ValueError(f"Empty image of shape {tuple(tensor.shape)}.")
 
     channels = tensor.shape[0]
-    if channels in (1, 2):  # grayscale (+ alpha): replicate the gray channel
-        tensor = tensor[:1].expand(3, -1, -1)
-    elif channels == 4:  # RGBA: drop alpha
-        tensor = tensor[:3]
-    elif channels != 3:
+    if channels not in (1, 2, 3, 4):
         raise ValueError(f"An image needs 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA) channels, got {channels}.")
+    if convert_rgb and channels in (1, 2):  # grayscale (+ alpha): replicate the gray channel
+        tensor = tensor[:1].expand(3, -1, -1)
+    elif convert_rgb and channels == 4:  # RGBA: drop alpha
+        tensor = tensor[:3]
     tensor = tensor.to(dtype=torch.float32)
     if is_float_input and tensor.numel() > 1 and 0.0 < float(tensor.max()) <= 1.0:
         logger.warning_once(
@@ -485,10 +612,15 @@ def _to_float_chw(image: Any, input_data_format: Any = None) -> torch.Tensor:
 
 
 def _whole_view(
-    pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, size_divisibility: int, clip_resolution: int
+    pixels: torch.Tensor,
+    scale: float | None,
+    mean: torch.Tensor | None,
+    std: torch.Tensor | None,
+    size_divisibility: int,
+    clip_resolution: int,
 ) -> torch.Tensor:
     """Official non-sliding path: normalise, zero-pad bottom/right to a multiple, resize to the CLIP resolution."""
-    normalised = (pixels - mean) / std
+    normalised = _rescale_and_normalise(pixels, scale, mean, std)
     height, width = normalised.shape[-2:]
     if size_divisibility > 1:
         padded_h = math.ceil(height / size_divisibility) * size_divisibility
@@ -502,8 +634,9 @@ def _whole_view(
 
 def _sliding_views(
     pixels: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    scale: float | None,
+    mean: torch.Tensor | None,
+    std: torch.Tensor | None,
     canvas: int,
     tile: int,
     stride: int,
@@ -519,8 +652,7 @@ def _sliding_views(
         for left in range(0, canvas - tile + 1, stride)
     ]
     global_view = F.interpolate(batch, size=(tile, tile), mode="bilinear", align_corners=False)
-    views = torch.cat([torch.stack(tiles), global_view], dim=0)
-    views = (views - mean) / std
+    views = _rescale_and_normalise(torch.cat([torch.stack(tiles), global_view], dim=0), scale, mean, std)
     # A same-size bilinear resize is an exact copy (384 for ViT-B); 336 for ViT-L.
     return F.interpolate(views, size=(clip_resolution, clip_resolution), mode="bilinear", align_corners=False)
 
@@ -684,4 +816,10 @@ def _postprocess_one(
     return best_index
 
 
-__all__ = ["CATSegImageProcessor", "CLIP_IMAGE_MEAN", "CLIP_IMAGE_STD", "PROCESSING_MODES"]
+__all__ = [
+    "CATSegImageProcessor",
+    "CATSegImageProcessorKwargs",
+    "CLIP_IMAGE_MEAN",
+    "CLIP_IMAGE_STD",
+    "PROCESSING_MODES",
+]
