@@ -1,4 +1,4 @@
-"""CATSegProcessor: prompt token ids, class-name rules, errors, save/load (also as remote code)."""
+"""CATSegProcessor: prompt token ids, class-name rules, kwargs routing, errors, save/load (also as remote code)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def fixture_class_names(official_tiny_dir: Path) -> list[str]:
 
 
 def test_token_ids_match_official(processor, official_io, fixture_class_names) -> None:
-    out = processor(text=fixture_class_names)
+    out = processor(text=fixture_class_names, return_tensors="pt")
     assert set(out.keys()) == {"input_ids", "attention_mask"}
     assert out["input_ids"].shape == (12, 1, 77) and out["input_ids"].dtype == torch.int64
     assert out["attention_mask"].dtype == torch.int64
@@ -41,50 +41,60 @@ def test_token_ids_match_official(processor, official_io, fixture_class_names) -
 
 
 def test_images_and_text_together(processor, official_io, fixture_class_names) -> None:
-    out = processor(images=official_io["img0.image"], text=fixture_class_names, mode="whole")
-    assert set(out.keys()) == {"pixel_values", "original_sizes", "view_layout", "input_ids", "attention_mask"}
+    out = processor(images=official_io["img0.image"], text=fixture_class_names, mode="whole", return_tensors="pt")
+    assert set(out.keys()) == {"pixel_values", "input_ids", "attention_mask"} == set(processor.model_input_names)
     assert (out["pixel_values"] - official_io["img0.clip_input"]).abs().max().item() <= 1e-5
-    sliding = processor(images=[official_io["img0.image"], official_io["img1.image"]], text=["cat"])
-    assert sliding["pixel_values"].shape == (10, 3, 384, 384)
-    assert sliding["view_layout"].tolist() == [[640, 640, 384, 256]] * 2
-    assert sliding["original_sizes"].tolist() == [[480, 640], [150, 210]]
-    only_images = processor(images=official_io["img1.image"])
-    assert set(only_images.keys()) == {"pixel_values", "original_sizes", "view_layout"}
+    images = [official_io["img0.image"], official_io["img1.image"]]
+    sliding = processor(images=images, text=["cat"], return_tensors="pt")
+    assert sliding["pixel_values"].shape == (2, 5, 3, 384, 384)
+    assert torch.equal(sliding["pixel_values"], processor.image_processor(images, return_tensors="pt")["pixel_values"])
+    only_images = processor(images=official_io["img1.image"], return_tensors="pt")
+    assert set(only_images.keys()) == {"pixel_values"}
 
 
 def test_synonyms_and_whitespace(processor) -> None:
     assert first_synonym("person, individual, someone") == "person"
     assert first_synonym("traffic light") == "traffic light"
     assert first_synonym("a,b") == "a,b"  # only ", " separates synonyms
-    ids = processor(text=["person, individual, someone", "bed ", "road, route"])["input_ids"]
-    expected = processor(text=["person", "bed", "road"])["input_ids"]
+    ids = processor(text=["person, individual, someone", "bed ", "road, route"], return_tensors="pt")["input_ids"]
+    expected = processor(text=["person", "bed", "road"], return_tensors="pt")["input_ids"]
     assert torch.equal(ids, expected)
+    # One string is one class name, synonyms included.
+    assert torch.equal(processor(text="road, route", return_tensors="pt")["input_ids"], expected[2:])
 
 
 def test_several_templates(processor) -> None:
     templates = ["a photo of a {}.", "There is a {} in the scene", "{}"]
     names = ["cat", "dog", "wall, partition"]
-    out = processor(text=names, prompt_templates=templates)
+    out = processor.encode_class_names(names, prompt_templates=templates)
     assert out["input_ids"].shape == (3, 3, 77) and out["attention_mask"].shape == (3, 3, 77)
     for p, template in enumerate(templates):
-        single = processor(text=names, prompt_templates=[template])["input_ids"][:, 0]
+        single = processor.encode_class_names(names, prompt_templates=[template])["input_ids"][:, 0]
         assert torch.equal(out["input_ids"][:, p], single)
     assert out["input_ids"][2, 2, :3].tolist() == [SOT, processor.tokenizer.convert_tokens_to_ids("wall</w>"), EOT]
     # A single template string is one template.
-    assert torch.equal(processor(text=names, prompt_templates="{}")["input_ids"][:, 0], out["input_ids"][:, 2])
+    assert torch.equal(processor.encode_class_names(names, prompt_templates="{}")["input_ids"][:, 0], out["input_ids"][:, 2])
+    # The processor's templates are its own setting, not a per-call argument.
+    with_templates = CATSegProcessor(processor.image_processor, processor.tokenizer, prompt_templates=templates)
+    assert torch.equal(with_templates(text=names, return_tensors="pt")["input_ids"], out["input_ids"])
+    with pytest.raises(TypeError, match=r"encode_class_names\(names, prompt_templates=...\)"):
+        processor(text=names, prompt_templates=templates)
 
 
 def test_default_templates_come_from_the_processor(processor) -> None:
     assert processor.prompt_templates == DEFAULT_PROMPT_TEMPLATES == ["A photo of a {} in the scene"]
     custom = CATSegProcessor(processor.image_processor, processor.tokenizer, prompt_templates=["a {}", "the {}"])
-    assert custom(text=["cat"])["input_ids"].shape == (1, 2, 77)
-    assert torch.equal(custom.encode_class_names(["cat"])["input_ids"], custom(text=["cat"])["input_ids"])
+    assert custom(text=["cat"], return_tensors="pt")["input_ids"].shape == (1, 2, 77)
+    assert torch.equal(
+        custom.encode_class_names(["cat"])["input_ids"], custom(text=["cat"], return_tensors="pt")["input_ids"]
+    )
 
 
 def test_no_state_between_calls(processor) -> None:
-    first = processor(text=["cat", "dog"])["input_ids"]
-    processor(text=["sky", "grass", "tree"], prompt_templates=["{}", "a {}"])
-    assert torch.equal(processor(text=["cat", "dog"])["input_ids"], first)
+    first = processor(text=["cat", "dog"], return_tensors="pt")["input_ids"]
+    processor(text=["sky", "grass", "tree"], padding="longest")
+    processor.encode_class_names(["sky", "grass"], prompt_templates=["{}", "a {}"])
+    assert torch.equal(processor(text=["cat", "dog"], return_tensors="pt")["input_ids"], first)
 
 
 @pytest.mark.parametrize(
@@ -95,9 +105,9 @@ def test_no_state_between_calls(processor) -> None:
         (["cat", "   "], ValueError, "empty"),
         ([", cat"], ValueError, "empty"),
         (["cat", "dog", "cat"], ValueError, "Duplicate class names.*'cat', 0, 2"),
-        ("cat, dog", ValueError, "list of class names.*\\['cat', 'dog', 'grass'\\]"),
+        ("", ValueError, "empty"),
         (["cat", 3], TypeError, "must be strings"),
-        ({"cat"}, TypeError, "list of class-name strings"),
+        ({"cat"}, TypeError, "a class name or a list of class names"),
     ],
 )
 def test_bad_class_names(processor, text, error, match) -> None:
@@ -105,16 +115,87 @@ def test_bad_class_names(processor, text, error, match) -> None:
         processor(text=text)
 
 
+def test_text_kwargs_reach_the_tokenizer(processor) -> None:
+    names = ["cat", "traffic light"]
+    default = processor(text=names, return_tensors="pt")
+    ragged = processor(text=names, padding=False)["input_ids"]
+    lengths = [len(ids[0]) for ids in ragged]
+    assert lengths[1] > lengths[0]
+    longest = processor(text=names, padding="longest", return_tensors="pt")
+    assert longest["input_ids"].shape == (2, 1, lengths[1])
+    assert torch.equal(longest["input_ids"], default["input_ids"][..., : lengths[1]])
+    grouped = processor(text=names, text_kwargs={"padding": "max_length", "max_length": 16}, return_tensors="pt")
+    assert grouped["input_ids"].shape == (2, 1, 16)
+    multiple = processor(text=names, padding="longest", pad_to_multiple_of=8, max_length=64, return_tensors="pt")
+    assert multiple["input_ids"].shape[-1] == 16
+    assert set(processor(text=names, return_attention_mask=False, return_tensors="pt").keys()) == {"input_ids"}
+    truncated = processor(text=["a very long name of a class"], max_length=6, return_tensors="pt")["input_ids"][0, 0]
+    assert truncated.shape == (6,) and truncated[0] == SOT and truncated[-1] == EOT
+    with pytest.raises(ValueError, match="different lengths"):
+        processor(text=names, padding=False, return_tensors="pt")
+    with pytest.raises(ValueError, match="context of 77 tokens"):
+        processor(text=names, max_length=78)
+    with pytest.raises(ValueError, match="truncation is off"):
+        processor(text=[" ".join(["enormous"] * 100)], truncation=False)
+
+
+def test_image_kwargs_reach_the_image_processor(processor) -> None:
+    image = np.zeros((30, 40, 3), np.uint8)
+    whole = processor(images=image, mode="whole", return_tensors="pt")["pixel_values"]
+    assert whole.shape == (1, 3, 384, 384)
+    assert torch.equal(processor(images=image, images_kwargs={"mode": "whole"}, return_tensors="pt")["pixel_values"], whole)
+    small = processor(images=image, clip_resolution=32, common_kwargs={"return_tensors": "np"})["pixel_values"]
+    assert isinstance(small, np.ndarray) and small.shape == (1, 5, 3, 32, 32)
+    rescaled = processor(images=image, do_rescale=True, rescale_factor=-1.0, return_tensors="pt")["pixel_values"]
+    assert rescaled.max() < 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"mode": "whole", "images_kwargs": {"mode": "whole"}}, ValueError, "passed two times"),
+        ({"padding": "longest", "text_kwargs": {"padding": "do_not_pad"}}, ValueError, "passed two times"),
+        ({"return_tensors": "pt", "common_kwargs": {"return_tensors": "np"}}, ValueError, "different values"),
+        ({"text_kwargs": {"return_tensors": "pt"}, "common_kwargs": {"return_tensors": "np"}}, ValueError, "different"),
+        ({"clip_resolutoin": 32}, TypeError, "unexpected keyword argument `clip_resolutoin`"),
+        ({"images_kwargs": {"paddding": True}}, TypeError, "unexpected keyword argument\\(s\\) \\['paddding'\\]"),
+        ({"videos_kwargs": {}}, TypeError, "images and text only"),
+        ({"size": {"height": 8, "width": 8}}, ValueError, "does not support \\['size'\\]"),
+        ({"do_resize": True}, ValueError, "does not support \\['do_resize'\\]"),
+        ({"return_offsets_mapping": True}, ValueError, "return_offsets_mapping"),
+        ({"text_pair": "dog"}, ValueError, "text_pair"),
+        ({"padding_side": "left"}, ValueError, "right-padded"),
+        ({"add_special_tokens": False}, ValueError, "end-of-text"),
+        ({"return_mm_token_type_ids": True}, ValueError, "return_mm_token_type_ids"),
+        ({"return_tensors": "tf"}, ValueError, "return_tensors"),
+    ],
+)
+def test_kwargs_that_would_be_ignored_raise(processor, kwargs, error, match) -> None:
+    with pytest.raises(error, match=match):
+        processor(images=np.zeros((8, 9, 3), np.uint8), text=["cat"], **kwargs)
+
+
+def test_modality_kwargs_without_that_modality_raise(processor) -> None:
+    with pytest.raises(ValueError, match="without `images`"):
+        processor(text=["cat"], mode="whole")
+    with pytest.raises(ValueError, match="without `text`"):
+        processor(images=np.zeros((8, 9, 3), np.uint8), max_length=10)
+    # return_tensors is common to both.
+    assert processor(text=["cat"], return_tensors="np")["input_ids"].shape == (1, 1, 77)
+
+
 def test_same_first_synonym_is_allowed(processor) -> None:
     # ADE-847 has different entries sharing a first synonym (e.g. two "bag, ..." classes): they stay two classes.
-    out = processor(text=["bag, handbag", "bag, traveling bag"])
+    out = processor(text=["bag, handbag", "bag, traveling bag"], return_tensors="pt")
     assert torch.equal(out["input_ids"][0], out["input_ids"][1])
 
 
 @pytest.mark.parametrize("templates", [[], ["no placeholder"], ["{} and {}"], [3]])
 def test_bad_templates(processor, templates) -> None:
     with pytest.raises(ValueError, match="template"):
-        processor(text=["cat"], prompt_templates=templates)
+        processor.encode_class_names(["cat"], prompt_templates=templates)
+    with pytest.raises(ValueError, match="template"):
+        CATSegProcessor(processor.image_processor, processor.tokenizer, prompt_templates=templates)
 
 
 def test_neither_images_nor_text(processor) -> None:
@@ -125,7 +206,7 @@ def test_neither_images_nor_text(processor) -> None:
 def test_long_names_are_truncated_with_a_warning(processor, caplog) -> None:
     long_name = " ".join(["enormous"] * 100)
     with caplog.at_level(logging.WARNING, logger="catseg_hf.processing_catseg"):
-        out = processor(text=["cat", long_name])
+        out = processor(text=["cat", long_name], return_tensors="pt")
     assert long_name in caplog.text and "truncated" in caplog.text and "cat'" not in caplog.text
     ids, mask = out["input_ids"][1, 0], out["attention_mask"][1, 0]
     assert ids.shape == (77,) and ids[0] == SOT and ids[-1] == EOT and mask.all()
@@ -136,6 +217,15 @@ def test_long_names_are_truncated_with_a_warning(processor, caplog) -> None:
     assert "truncated" not in caplog.text
 
 
+def test_return_tensors_default_is_none(processor) -> None:
+    out = processor(images=[np.zeros((8, 9, 3), np.uint8)] * 2, text=["cat", "dog"])
+    assert isinstance(out["pixel_values"], list) and len(out["pixel_values"]) == 2
+    assert out["pixel_values"][0].shape == (5, 3, 384, 384)
+    assert isinstance(out["input_ids"], list) and len(out["input_ids"]) == 2 and len(out["input_ids"][0][0]) == 77
+    pt = processor(text=["cat", "dog"], return_tensors="pt")
+    assert pt["input_ids"].tolist() == out["input_ids"] and pt["attention_mask"].tolist() == out["attention_mask"]
+
+
 def test_numpy_output(processor) -> None:
     out = processor(images=np.zeros((8, 9, 3), np.uint8), text=["cat"], return_tensors="np")
     assert all(isinstance(v, np.ndarray) for v in out.values())
@@ -143,12 +233,15 @@ def test_numpy_output(processor) -> None:
 
 
 def test_post_processing_delegates(processor) -> None:
-    inputs = processor(images=[np.zeros((30, 40, 3), np.uint8)], text=["a", "b", "c"])
-    logits = torch.randn(inputs["pixel_values"].shape[0], 3, 24, 24, generator=torch.Generator().manual_seed(0))
-    outputs = {"logits": logits, "original_sizes": inputs["original_sizes"], "view_layout": inputs["view_layout"]}
-    maps = processor.post_process_semantic_segmentation(outputs)
-    assert torch.equal(maps[0], processor.image_processor.post_process_semantic_segmentation(outputs)[0])
-    assert maps[0].shape == (30, 40)
+    inputs = processor(images=[np.zeros((30, 40, 3), np.uint8)], text=["a", "b", "c"], return_tensors="pt")
+    logits = torch.randn(*inputs["pixel_values"].shape[:2], 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    outputs = {"logits": logits}
+    maps = processor.post_process_semantic_segmentation(outputs, target_sizes=[(30, 40)], return_segmentation_scores=True)
+    expected = processor.image_processor.post_process_semantic_segmentation(
+        outputs, target_sizes=[(30, 40)], return_segmentation_scores=True
+    )
+    assert torch.equal(maps[0].segmentation, expected[0].segmentation) and maps[0].segmentation.shape == (30, 40)
+    assert torch.equal(maps[0].segmentation_scores, expected[0].segmentation_scores)
 
 
 def test_save_and_load_with_auto_processor(processor, tmp_path: Path, fixture_class_names) -> None:
@@ -161,7 +254,8 @@ def test_save_and_load_with_auto_processor(processor, tmp_path: Path, fixture_cl
         assert loaded.prompt_templates == ["a {}", "{}"]
         assert loaded.image_processor.mode == "whole" and loaded.image_processor.clip_resolution == 336
         image = np.full((20, 25, 3), 77, np.uint8)
-        a, b = loaded(images=image, text=fixture_class_names), custom(images=image, text=fixture_class_names)
+        a = loaded(images=image, text=fixture_class_names, return_tensors="pt")
+        b = custom(images=image, text=fixture_class_names, return_tensors="pt")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -169,7 +263,7 @@ def test_saved_folder_loads_as_remote_code_without_catseg_hf(processor, tmp_path
     folder = tmp_path / "saved"
     processor.save_pretrained(folder)
     assert (folder / "processing_catseg.py").is_file() and (folder / "image_processing_catseg.py").is_file()
-    expected = processor(images=np.full((20, 25, 3), 77, np.uint8), text=["cat", "dog, puppy"])
+    expected = processor(images=np.full((20, 25, 3), 77, np.uint8), text=["cat", "dog, puppy"], return_tensors="pt")
     torch.save(dict(expected), tmp_path / "expected.pt")
     script = textwrap.dedent(
         f"""
@@ -180,7 +274,7 @@ def test_saved_folder_loads_as_remote_code_without_catseg_hf(processor, tmp_path
         processor = AutoProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
         assert type(processor).__name__ == "CATSegProcessor", type(processor)
         assert not type(processor).__module__.startswith("catseg_hf"), type(processor).__module__
-        out = processor(images=np.full((20, 25, 3), 77, np.uint8), text=["cat", "dog, puppy"])
+        out = processor(images=np.full((20, 25, 3), 77, np.uint8), text=["cat", "dog, puppy"], return_tensors="pt")
         expected = torch.load({str(tmp_path / "expected.pt")!r})
         assert out.keys() == expected.keys(), (out.keys(), expected.keys())
         assert all(torch.equal(out[k], expected[k]) for k in out)

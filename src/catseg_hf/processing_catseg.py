@@ -4,17 +4,15 @@ This file must only import torch, numpy, PIL, transformers and (relatively) our 
 into saved model folders so that they load with `trust_remote_code=True` where `catseg_hf` is not installed.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, TextKwargs, Unpack
 from transformers.utils import logging
 
-from .image_processing_catseg import CATSegImageProcessor  # noqa: F401  (the image processor this one pairs with)
+from .image_processing_catseg import _UNSUPPORTED_IMAGES_KWARGS, CATSegImageProcessor, CATSegImageProcessorKwargs
 
 
 logger = logging.get_logger(__name__)
@@ -23,6 +21,21 @@ DEFAULT_PROMPT_TEMPLATES = ["A photo of a {} in the scene"]
 # Context length of CLIP's text encoder; used when the tokenizer does not declare a usable model_max_length.
 CLIP_CONTEXT_LENGTH = 77
 SYNONYM_SEPARATOR = ", "
+
+# The tokenizer arguments the class-name prompts honour. The others of transformers' `TextKwargs` (text pairs,
+# offsets, overflowing tokens, ...) have no meaning for a vocabulary of class names and are rejected when asked for.
+_TEXT_OPTIONS = (
+    "padding",
+    "truncation",
+    "max_length",
+    "pad_to_multiple_of",
+    "return_attention_mask",
+    "padding_side",
+    "add_special_tokens",
+    "verbose",
+    "return_tensors",
+)
+_MODALITY_KWARGS = ("text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs")
 
 
 def first_synonym(class_name: str) -> str:
@@ -34,14 +47,20 @@ def first_synonym(class_name: str) -> str:
     return class_name.split(SYNONYM_SEPARATOR)[0]
 
 
+class CATSegProcessorKwargs(ProcessingKwargs, total=False):
+    images_kwargs: CATSegImageProcessorKwargs
+    text_kwargs: TextKwargs
+
+
 class CATSegProcessor(ProcessorMixin):
     r"""
     Builds CAT-Seg's inputs: the CLIP views of the images (a [`CATSegImageProcessor`]) and the tokenised prompts of
     the class names (a CLIP tokenizer, e.g. from `catseg_hf.tokenization.build_clip_tokenizer`).
 
     Every class name is put into every prompt template (`template.format(name)`); for a name of the form
-    `"a, b, c"` only the first synonym `"a"` is used. Prompts are tokenised to CLIP's context length (77): padded with
-    id 0 (attention mask 0), over-long prompts truncated (keeping `<|endoftext|>` last) with a warning.
+    `"a, b, c"` only the first synonym `"a"` is used. Prompts are tokenised to the text encoder's context length
+    (77 for CLIP): padded with the tokenizer's padding token (attention mask 0), over-long prompts truncated (keeping
+    `<|endoftext|>` last) with a warning.
 
     The processor keeps no state between calls: the class names are given with every call.
 
@@ -50,18 +69,24 @@ class CATSegProcessor(ProcessorMixin):
             The image processor.
         tokenizer ([`~transformers.CLIPTokenizer`]):
             The CLIP tokenizer (OpenAI's vocabulary; padding token id 0).
-        prompt_templates (`list[str]`, *optional*, defaults to `["A photo of a {} in the scene"]`):
-            Templates with one `{}` each, used when a call gives none. Saved with the processor.
+        prompt_templates (`str` or `list[str]`, *optional*, defaults to `["A photo of a {} in the scene"]`):
+            Templates with one `{}` each, the ones the model was trained with. Saved with the processor; use
+            [`~CATSegProcessor.encode_class_names`] to encode class names with other templates.
     """
 
     # Saved folders carry this file and an `auto_map`, so they load with `trust_remote_code=True` anywhere.
     _auto_class = "AutoProcessor"
 
+    valid_processor_kwargs = CATSegProcessorKwargs
+    # Processor-level defaults of the text kwargs (the tokenizer's own are no padding and no truncation): one tensor
+    # shape for every prompt, the context length of the text encoder.
+    text_kwargs = {"padding": "max_length", "truncation": True}
+
     def __init__(
         self,
-        image_processor: Any,
+        image_processor: CATSegImageProcessor,
         tokenizer: Any,
-        prompt_templates: Sequence[str] | str | None = None,
+        prompt_templates: str | list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(image_processor, tokenizer, **kwargs)
@@ -99,87 +124,122 @@ class CATSegProcessor(ProcessorMixin):
     def __call__(
         self,
         images: Any = None,
-        text: Sequence[str] | None = None,
-        prompt_templates: Sequence[str] | str | None = None,
-        mode: str | None = None,
-        return_tensors: str | None = "pt",
-        **kwargs: Any,
+        text: str | list[str] | None = None,
+        **kwargs: Unpack[CATSegProcessorKwargs],
     ) -> BatchFeature:
-        """Processes images and/or class names.
+        r"""
+        Processes images and/or class names.
 
         Args:
-            images: one image or a list of images (PIL, numpy or torch; see [`CATSegImageProcessor.preprocess`]).
-            text (`list[str]`): the class names, in label-id order (index = class id).
-            prompt_templates: templates for this call (default: `self.prompt_templates`).
-            mode: `"sliding"` or `"whole"` (default: the image processor's `mode`).
-            return_tensors: `"pt"` (default) or `"np"`.
-            kwargs: further arguments of the image processor (e.g. `clip_resolution`, `input_data_format`).
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them, *optional*):
+                The images (see [`CATSegImageProcessor.preprocess`]).
+            text (`str` or `list[str]`, *optional*):
+                The class names, in label-id order (index = class id); one string is one class name.
+            kwargs ([`CATSegProcessorKwargs`], *optional*):
+                Image-processor settings for this call (e.g. `mode="whole"`, `clip_resolution`), the tokenizer
+                arguments of the prompts (`padding`, `truncation`, `max_length`, `pad_to_multiple_of`,
+                `return_attention_mask`), and `return_tensors` (`"pt"`, `"np"` or `None`, the default). They may also
+                be grouped as `images_kwargs={...}`, `text_kwargs={...}` and `common_kwargs={...}`; an argument given
+                both flat and in a group is an error.
 
         Returns:
-            [`BatchFeature`] with, for images, `pixel_values` `(num_views_total, 3, R, R)` float32, `original_sizes`
-            `(batch, 2)` int64 and `view_layout` `(batch, 4)` int64; for text, `input_ids` and `attention_mask`
-            `(T, P, 77)` int64 for T class names and P templates.
+            [`BatchFeature`] with, for images, `pixel_values` (float32 `(batch, 3, R, R)` in whole mode,
+            `(batch, num_views, 3, R, R)` in sliding mode); for text, `input_ids` and `attention_mask` (int64
+            `(T, P, L)` for T class names, P templates and prompts of L tokens, 77 by default). With
+            `return_tensors=None`, `pixel_values` is a list with one tensor per image and the ids are nested lists.
         """
         if images is None and text is None:
-            raise ValueError("Pass `images`, `text` (a list of class names), or both.")
+            raise ValueError("Pass `images`, `text` (the class names), or both.")
+        self._check_call_kwargs(kwargs, has_images=images is not None, has_text=text is not None)
+        output_kwargs = self._merge_kwargs(
+            CATSegProcessorKwargs,
+            tokenizer_init_kwargs=self.tokenizer.init_kwargs,
+            **kwargs,
+        )
+
         data: dict[str, Any] = {}
         if images is not None:
-            data.update(self.image_processor(images, mode=mode, return_tensors=return_tensors, **kwargs))
-        elif kwargs or mode is not None:
-            logger.warning(
-                f"Image-processing arguments {sorted(kwargs) + (['mode'] if mode is not None else [])} are ignored "
-                "because no images were given."
-            )
+            data.update(self.image_processor(images, **output_kwargs["images_kwargs"]))
         if text is not None:
-            data.update(self.encode_class_names(text, prompt_templates=prompt_templates, return_tensors=return_tensors))
-        return BatchFeature(data=data, tensor_type=return_tensors)
+            text_kwargs = {key: value for key, value in output_kwargs["text_kwargs"].items() if key in _TEXT_OPTIONS}
+            text_kwargs.setdefault("return_tensors", None)
+            data.update(self.encode_class_names(text, **text_kwargs))
+        # Both parts are already converted to the requested tensor type.
+        return BatchFeature(data=data)
 
     def encode_class_names(
         self,
-        class_names: Sequence[str],
-        prompt_templates: Sequence[str] | str | None = None,
+        class_names: str | list[str],
+        prompt_templates: str | list[str] | None = None,
         return_tensors: str | None = "pt",
+        **text_kwargs: Any,
     ) -> BatchFeature:
-        """Tokenises every class name in every template.
+        r"""
+        Tokenises every class name in every template.
 
         Args:
-            class_names (`list[str]`): T class names (synonym lists `"a, b"` use their first synonym).
-            prompt_templates: P templates with one `{}` each (default: `self.prompt_templates`).
-            return_tensors: `"pt"` (default) or `"np"`.
+            class_names (`str` or `list[str]`):
+                T class names (synonym lists `"a, b"` use their first synonym); one string is one class name.
+            prompt_templates (`str` or `list[str]`, *optional*):
+                P templates with one `{}` each (default: `self.prompt_templates`).
+            return_tensors (`str`, *optional*, defaults to `"pt"`):
+                `"pt"`, `"np"`, or `None` for nested lists.
+            text_kwargs (*optional*):
+                Tokenizer arguments: `padding` (`"max_length"`, the default, or `"longest"`/`True`; `False` only
+                with `return_tensors=None`), `truncation` (default `True`), `max_length` (default and upper bound:
+                the context length of the text encoder, [`~CATSegProcessor.context_length`]), `pad_to_multiple_of`,
+                `return_attention_mask` (default `True`), and `verbose`. `padding_side="right"` and
+                `add_special_tokens=True` are accepted (the text encoder needs both).
 
         Returns:
-            [`BatchFeature`] with `input_ids` and `attention_mask`, int64 `(T, P, context_length)`.
+            [`BatchFeature`] with `input_ids` and `attention_mask`, int64 `(T, P, L)`.
         """
         names = _check_class_names(class_names)
         templates = self.prompt_templates if prompt_templates is None else _check_templates(prompt_templates)
+        return_tensors = getattr(return_tensors, "value", return_tensors)
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
+        options = self._tokenizer_options(text_kwargs)
         context_length = self.context_length
         prompts = [template.format(first_synonym(name)) for name in names for template in templates]
 
-        # A first pass without truncation finds the prompts that do not fit, so that the warning can name them.
+        # A first pass without truncation finds the prompts that do not fit, so that the message can name them.
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=True)["input_ids"]]
-        too_long = sorted({names[i // len(templates)] for i, n in enumerate(lengths) if n > context_length})
-        if too_long:
+        limit = options["max_length"] if options["truncation"] else context_length
+        too_long = sorted({names[i // len(templates)] for i, n in enumerate(lengths) if n > limit})
+        if too_long and options["truncation"]:
             logger.warning(
-                f"{len(too_long)} class name(s) give prompts longer than CLIP's {context_length} tokens and are "
-                f"truncated (the end-of-text token is kept): {too_long}. Shorten them to keep the whole name."
+                f"{len(too_long)} class name(s) give prompts longer than {limit} tokens and are truncated (the "
+                f"end-of-text token is kept): {too_long}. Shorten them to keep the whole name."
             )
-        encoded = self.tokenizer(
-            prompts,
-            padding="max_length",
-            truncation=True,
-            max_length=context_length,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        shape = (len(names), len(templates), context_length)
-        data = {
-            "input_ids": encoded["input_ids"].to(torch.int64).reshape(shape),
-            "attention_mask": encoded["attention_mask"].to(torch.int64).reshape(shape),
-        }
+        elif too_long:
+            raise ValueError(
+                f"{len(too_long)} class name(s) give prompts longer than the text encoder's {context_length} tokens "
+                f"and truncation is off: {too_long}. Shorten them, or pass truncation=True."
+            )
+        return_attention_mask = options.pop("return_attention_mask")
+        encoded = self.tokenizer(prompts, return_attention_mask=True, **options)
+
+        keys = ["input_ids", "attention_mask"] if return_attention_mask else ["input_ids"]
+        rows = {key: encoded[key] for key in keys}
+        num_templates = len(templates)
+        if return_tensors is None:
+            data = {
+                key: [value[t * num_templates : (t + 1) * num_templates] for t in range(len(names))]
+                for key, value in rows.items()
+            }
+            return BatchFeature(data=data)
+        prompt_lengths = sorted({len(ids) for ids in rows["input_ids"]})
+        if len(prompt_lengths) > 1:
+            raise ValueError(
+                f"The prompts have different lengths ({prompt_lengths[0]} to {prompt_lengths[-1]} tokens) with "
+                f"padding={options['padding']!r}, so they cannot form a tensor; pad them (padding='max_length' or "
+                "'longest') or pass return_tensors=None."
+            )
+        shape = (len(names), num_templates, prompt_lengths[0])
+        data = {key: torch.tensor(value, dtype=torch.int64).reshape(shape) for key, value in rows.items()}
         if return_tensors == "np":
             data = {key: value.numpy() for key, value in data.items()}
-        elif return_tensors not in (None, "pt"):
-            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}.")
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     @property
@@ -195,29 +255,145 @@ class CATSegProcessor(ProcessorMixin):
         self,
         outputs: Any,
         target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
-        return_probabilities: bool = False,
+        return_segmentation_scores: bool = False,
+        image_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
+        return_probabilities: bool | None = None,
     ) -> list[Any]:
         """Label maps from the model outputs; see [`CATSegImageProcessor.post_process_semantic_segmentation`]."""
         return self.image_processor.post_process_semantic_segmentation(
-            outputs, target_sizes=target_sizes, return_probabilities=return_probabilities
+            outputs,
+            target_sizes=target_sizes,
+            return_segmentation_scores=return_segmentation_scores,
+            image_sizes=image_sizes,
+            return_probabilities=return_probabilities,
         )
 
     @property
     def model_input_names(self) -> list[str]:
-        return list(
-            dict.fromkeys(self.image_processor.model_input_names + ["input_ids", "attention_mask"])
-        )
+        return list(dict.fromkeys(self.image_processor.model_input_names + ["input_ids", "attention_mask"]))
+
+    # ------------------------------------------------------------------------------------------------ kwargs checks
+    def _check_call_kwargs(self, kwargs: dict[str, Any], has_images: bool, has_text: bool) -> None:
+        """Rejects, with the argument named, every call kwarg that would otherwise be silently ignored."""
+        text_keys = set(TextKwargs.__annotations__)
+        image_keys = set(getattr(self.image_processor, "valid_kwargs", CATSegImageProcessorKwargs).__annotations__)
+        processor_keys = set(CATSegProcessorKwargs.__annotations__) - set(_MODALITY_KWARGS)
+
+        given_text: dict[str, Any] = {}
+        given_images: dict[str, Any] = {}
+        common = kwargs.get("common_kwargs") or {}
+        for key, value in kwargs.items():
+            if key == "prompt_templates":
+                raise TypeError(
+                    "CATSegProcessor takes no `prompt_templates` per call: they are a setting of the processor "
+                    "(`CATSegProcessor(..., prompt_templates=...)`, saved with it). To encode class names with other "
+                    "templates use `processor.encode_class_names(names, prompt_templates=...)`."
+                )
+            if key in ("videos_kwargs", "audio_kwargs", "videos", "audio"):
+                raise TypeError(f"CATSegProcessor takes images and text only, got `{key}`.")
+            if key in ("text_kwargs", "images_kwargs", "common_kwargs"):
+                if not isinstance(value, dict):
+                    raise TypeError(f"`{key}` must be a dict, got {type(value).__name__}.")
+                allowed = {"text_kwargs": text_keys, "images_kwargs": image_keys}.get(key, text_keys | image_keys)
+                unknown = sorted(set(value) - allowed)
+                if unknown:
+                    raise TypeError(f"`{key}` got unexpected keyword argument(s) {unknown}.")
+                if key != "common_kwargs":
+                    conflicting = sorted(k for k in value if k in common and common[k] != value[k])
+                    if conflicting:
+                        raise ValueError(
+                            f"Keyword argument(s) {conflicting} were passed two times with different values: in "
+                            f"`common_kwargs` and in `{key}`."
+                        )
+                if key == "text_kwargs":
+                    given_text.update(value)
+                elif key == "images_kwargs":
+                    given_images.update(value)
+            elif key in processor_keys:
+                if value:
+                    raise ValueError(f"CATSegProcessor does not support `{key}=True` (it has no multimodal tokens).")
+            elif key in text_keys or key in image_keys:
+                if key in common and common[key] != value:
+                    raise ValueError(
+                        f"Keyword argument `{key}` was passed two times with different values: in `common_kwargs` "
+                        f"({common[key]!r}) and as a **kwarg ({value!r})."
+                    )
+                if key in text_keys and key not in image_keys:
+                    given_text[key] = value
+                elif key in image_keys and key not in text_keys:
+                    given_images[key] = value
+            else:
+                raise TypeError(
+                    f"CATSegProcessor got an unexpected keyword argument `{key}`. It takes the image-processor "
+                    f"settings {sorted(image_keys - set(_UNSUPPORTED_IMAGES_KWARGS))} and the text arguments {sorted(set(_TEXT_OPTIONS) & text_keys)}."
+                )
+
+        unsupported = sorted(key for key, value in given_text.items() if key not in _TEXT_OPTIONS and value)
+        if unsupported:
+            raise ValueError(
+                f"CATSegProcessor does not support the text argument(s) {unsupported}: the text is a list of class "
+                f"names, tokenised with {sorted(_TEXT_OPTIONS)}."
+            )
+        if given_images and not has_images:
+            raise ValueError(
+                f"Image-processing argument(s) {sorted(given_images)} were given without `images`; pass images or "
+                "drop them."
+            )
+        if given_text and not has_text:
+            raise ValueError(f"Text argument(s) {sorted(given_text)} were given without `text`; pass text or drop them.")
+
+    def _tokenizer_options(self, text_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The tokenizer arguments of `encode_class_names`, with CAT-Seg's defaults, checked."""
+        unknown = sorted(set(text_kwargs) - set(_TEXT_OPTIONS) - {"return_tensors"})
+        if unknown:
+            raise TypeError(
+                f"encode_class_names got unexpected keyword argument(s) {unknown}; it takes {sorted(_TEXT_OPTIONS)}."
+            )
+        context_length = self.context_length
+        options = {
+            "padding": text_kwargs.get("padding", "max_length"),
+            "truncation": text_kwargs.get("truncation", True),
+            "max_length": text_kwargs.get("max_length"),
+            "pad_to_multiple_of": text_kwargs.get("pad_to_multiple_of"),
+            "return_attention_mask": text_kwargs.get("return_attention_mask"),
+            "verbose": text_kwargs.get("verbose", True),
+        }
+        for key, value in options.items():
+            # `None` asks for the default, as in the tokenizer.
+            if value is None:
+                options[key] = {"padding": "max_length", "truncation": True, "return_attention_mask": True}.get(key)
+        options["padding"] = getattr(options["padding"], "value", options["padding"])
+        options["truncation"] = getattr(options["truncation"], "value", options["truncation"])
+        if options["truncation"] in ("do_not_truncate",):
+            options["truncation"] = False
+        if options["max_length"] is None:
+            options["max_length"] = context_length
+        elif options["max_length"] > context_length:
+            raise ValueError(
+                f"max_length={options['max_length']} is longer than the text encoder's context of {context_length} "
+                "tokens (the tokenizer's model_max_length)."
+            )
+        if text_kwargs.get("padding_side") not in (None, "right"):
+            raise ValueError(
+                f"padding_side={text_kwargs['padding_side']!r} is not supported: CLIP's text encoder reads "
+                "right-padded prompts (left padding would shift the position embeddings)."
+            )
+        if text_kwargs.get("add_special_tokens") not in (None, True):
+            raise ValueError(
+                "add_special_tokens=False is not supported: the text encoder reads each prompt at its end-of-text "
+                "token."
+            )
+        return options
 
 
 def _check_class_names(class_names: Any) -> list[str]:
     if isinstance(class_names, str):
-        raise ValueError(
-            f"`text` must be a list of class names, got the single string {class_names!r}. Pass e.g. "
-            f"[{class_names!r}] for one class, or ['cat', 'dog', 'grass'] for several (a name 'a, b' lists synonyms "
-            "of ONE class, so a comma-separated string is not split into classes)."
-        )
+        # One string is one class (its synonyms separated by ", "), as one string is one text in transformers.
+        class_names = [class_names]
     if not isinstance(class_names, (list, tuple)):
-        raise TypeError(f"`text` must be a list of class-name strings, got {type(class_names).__name__}.")
+        raise TypeError(
+            f"`text` must be a class name or a list of class names, got {type(class_names).__name__}."
+        )
     names = list(class_names)
     if not names:
         raise ValueError("The list of class names is empty: give at least one class name.")
@@ -269,4 +445,4 @@ def _check_templates(prompt_templates: Any) -> list[str]:
     return checked
 
 
-__all__ = ["CATSegProcessor", "DEFAULT_PROMPT_TEMPLATES", "first_synonym"]
+__all__ = ["CATSegProcessor", "CATSegProcessorKwargs", "DEFAULT_PROMPT_TEMPLATES", "first_synonym"]
