@@ -11,6 +11,10 @@ version and never copied into this repository:
   `<cache>/transformers_tests/`. Our own repository also has a `tests` package, hence the different package name.
 - The source distribution lacks a few modules that the mixin modules import. The loader writes minimal stand-ins for
   them (see `_STAND_INS`); they are ours, not transformers' code.
+- Some mixin tests load images from the Hub (`url_to_local_path(url)`, which upstream CI points at prefetched copies).
+  Tests run offline here, so the loader writes a synthetic image for every image URL the test files name (a smooth
+  colour pattern with noise, seeded by the URL) and the stand-in `url_to_local_path` returns it. Other URLs are
+  returned unchanged.
 - Under `CI=true` a failure to fetch or import raises (the test fails); elsewhere the calling test module is skipped
   with the reason.
 
@@ -27,11 +31,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 from types import ModuleType
 
@@ -40,6 +46,9 @@ import transformers
 
 PACKAGE_NAME = "transformers_tests"
 _COMPLETE_MARKER = ".complete"
+# Bumped when what the loader writes changes, so that older caches are rebuilt.
+_CACHE_LAYOUT = 2
+_HUB_IMAGE_URL = re.compile(r"https://huggingface\.co/datasets/[^\s\"']+?\.(?:png|jpg|jpeg)")
 
 # Stand-ins for the modules the source distribution lacks, keyed by their path in the cache. They only provide what
 # the mixin modules import, with no tests of their own.
@@ -75,10 +84,13 @@ _STAND_INS = {
     ),
     "utils/fetch_hub_objects_for_ci.py": (
         '"""catseg-hf stand-in: the source distribution lacks utils/fetch_hub_objects_for_ci.py.\n\n'
-        "Upstream maps a URL to a copy prefetched for CI; with no prefetched copies the URL itself is the answer.\n"
-        '"""\n\n\n'
+        "Upstream maps a URL to a copy prefetched for CI. Here the copies are synthetic images that\n"
+        "tests/transformers_common.py wrote next to this file (see there); URLs without one are returned as they are.\n"
+        '"""\n\n'
+        "from pathlib import Path\n\n\n"
         "def url_to_local_path(url, *args, **kwargs):\n"
-        "    return url\n"
+        '    local = Path(__file__).parent / "fixtures" / url.rsplit("/", 1)[-1]\n'
+        "    return str(local) if local.is_file() else url\n"
     ),
 }
 
@@ -95,9 +107,13 @@ def transformers_tests_cache_dir() -> Path:
     return Path.home() / ".cache" / "catseg-hf" / f"transformers-{transformers.__version__}-tests"
 
 
+def _marker_text() -> str:
+    return f"transformers {transformers.__version__}, layout {_CACHE_LAYOUT}"
+
+
 def _is_complete(cache_dir: Path) -> bool:
     marker = cache_dir / PACKAGE_NAME / _COMPLETE_MARKER
-    return marker.is_file() and marker.read_text().strip() == transformers.__version__
+    return marker.is_file() and marker.read_text().strip() == _marker_text()
 
 
 def _download_sdist(version: str, destination: Path) -> Path:
@@ -131,6 +147,24 @@ def _extract_tests(archive: Path, package_dir: Path) -> None:
         tar.extractall(package_dir, members=members, **kwargs)
 
 
+def _write_synthetic_images(package_dir: Path, fixtures_dir: Path) -> None:
+    """One synthetic RGB image (640 x 480) per Hub image URL named in the test files, under the URL's file name."""
+    import numpy as np
+    from PIL import Image
+
+    urls = set()
+    for path in package_dir.rglob("*.py"):
+        urls.update(_HUB_IMAGE_URL.findall(path.read_text(encoding="utf-8", errors="replace")))
+    fixtures_dir.mkdir(parents=True, exist_ok=True)
+    for url in sorted(urls):
+        rng = np.random.default_rng(zlib.crc32(url.encode()))
+        rows, cols = np.mgrid[0:480, 0:640].astype(np.float32)
+        phases = rng.uniform(0, 2 * np.pi, size=3)
+        channels = [127.5 + 100 * np.sin(rows / 37 + cols / 53 + phase) for phase in phases]
+        pixels = np.stack(channels, axis=-1) + rng.normal(0, 12, size=(480, 640, 3))
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(fixtures_dir / url.rsplit("/", 1)[-1])
+
+
 def _populate(cache_dir: Path) -> None:
     version = transformers.__version__
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +181,8 @@ def _populate(cache_dir: Path) -> None:
             if not path.exists():
                 path.write_text(text)
         (staging / PACKAGE_NAME / "__init__.py").touch()
-        (staging / PACKAGE_NAME / _COMPLETE_MARKER).write_text(version)
+        _write_synthetic_images(staging / PACKAGE_NAME, staging / "utils" / "fixtures")
+        (staging / PACKAGE_NAME / _COMPLETE_MARKER).write_text(_marker_text())
         # The stand-in `utils/` first: the package, whose marker says "complete", goes last.
         for name in ("utils", PACKAGE_NAME):
             target = cache_dir / name
