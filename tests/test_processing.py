@@ -73,7 +73,8 @@ def test_several_templates(processor) -> None:
         assert torch.equal(out["input_ids"][:, p], single)
     assert out["input_ids"][2, 2, :3].tolist() == [SOT, processor.tokenizer.convert_tokens_to_ids("wall</w>"), EOT]
     # A single template string is one template.
-    assert torch.equal(processor.encode_class_names(names, prompt_templates="{}")["input_ids"][:, 0], out["input_ids"][:, 2])
+    one_template = processor.encode_class_names(names, prompt_templates="{}")["input_ids"]
+    assert torch.equal(one_template[:, 0], out["input_ids"][:, 2])
     # The processor's templates are its own setting, not a per-call argument.
     with_templates = CATSegProcessor(processor.image_processor, processor.tokenizer, prompt_templates=templates)
     assert torch.equal(with_templates(text=names, return_tensors="pt")["input_ids"], out["input_ids"])
@@ -143,7 +144,8 @@ def test_image_kwargs_reach_the_image_processor(processor) -> None:
     image = np.zeros((30, 40, 3), np.uint8)
     whole = processor(images=image, mode="whole", return_tensors="pt")["pixel_values"]
     assert whole.shape == (1, 3, 384, 384)
-    assert torch.equal(processor(images=image, images_kwargs={"mode": "whole"}, return_tensors="pt")["pixel_values"], whole)
+    grouped = processor(images=image, images_kwargs={"mode": "whole"}, return_tensors="pt")["pixel_values"]
+    assert torch.equal(grouped, whole)
     small = processor(images=image, clip_resolution=32, common_kwargs={"return_tensors": "np"})["pixel_values"]
     assert isinstance(small, np.ndarray) and small.shape == (1, 5, 3, 32, 32)
     rescaled = processor(images=image, do_rescale=True, rescale_factor=-1.0, return_tensors="pt")["pixel_values"]
@@ -156,7 +158,7 @@ def test_image_kwargs_reach_the_image_processor(processor) -> None:
         ({"mode": "whole", "images_kwargs": {"mode": "whole"}}, ValueError, "passed two times"),
         ({"padding": "longest", "text_kwargs": {"padding": "do_not_pad"}}, ValueError, "passed two times"),
         ({"return_tensors": "pt", "common_kwargs": {"return_tensors": "np"}}, ValueError, "different values"),
-        ({"text_kwargs": {"return_tensors": "pt"}, "common_kwargs": {"return_tensors": "np"}}, ValueError, "different"),
+        ({"text_kwargs": {"return_tensors": "pt"}, "common_kwargs": {"return_tensors": "np"}}, ValueError, "differ"),
         ({"clip_resolutoin": 32}, TypeError, "unexpected keyword argument `clip_resolutoin`"),
         ({"images_kwargs": {"paddding": True}}, TypeError, "unexpected keyword argument\\(s\\) \\['paddding'\\]"),
         ({"videos_kwargs": {}}, TypeError, "images and text only"),
@@ -236,7 +238,9 @@ def test_post_processing_delegates(processor) -> None:
     inputs = processor(images=[np.zeros((30, 40, 3), np.uint8)], text=["a", "b", "c"], return_tensors="pt")
     logits = torch.randn(*inputs["pixel_values"].shape[:2], 3, 24, 24, generator=torch.Generator().manual_seed(0))
     outputs = {"logits": logits}
-    maps = processor.post_process_semantic_segmentation(outputs, target_sizes=[(30, 40)], return_segmentation_scores=True)
+    maps = processor.post_process_semantic_segmentation(
+        outputs, target_sizes=[(30, 40)], return_segmentation_scores=True
+    )
     expected = processor.image_processor.post_process_semantic_segmentation(
         outputs, target_sizes=[(30, 40)], return_segmentation_scores=True
     )

@@ -68,8 +68,8 @@ _STAND_INS = {
     f"{PACKAGE_NAME}/utils/__init__.py": "",
     f"{PACKAGE_NAME}/utils/test_configuration_utils.py": (
         '"""catseg-hf stand-in: the source distribution lacks tests/utils/test_configuration_utils.py.\n\n'
-        "`ConfigTester.check_config_arguments_init` sets these `PreTrainedConfig` arguments to non-default values and\n"
-        'checks that they stick; this is a short list of our own choosing.\n"""\n\n'
+        "`ConfigTester.check_config_arguments_init` sets these `PreTrainedConfig` arguments to non-default\n"
+        'values and checks that they stick; this is a short list of our own choosing.\n"""\n\n'
         "config_common_kwargs = {\n"
         '    "return_dict": False,\n'
         '    "output_hidden_states": True,\n'
@@ -85,7 +85,7 @@ _STAND_INS = {
     "utils/fetch_hub_objects_for_ci.py": (
         '"""catseg-hf stand-in: the source distribution lacks utils/fetch_hub_objects_for_ci.py.\n\n'
         "Upstream maps a URL to a copy prefetched for CI. Here the copies are synthetic images that\n"
-        "tests/transformers_common.py wrote next to this file (see there); URLs without one are returned as they are.\n"
+        "tests/transformers_common.py wrote next to this file (see there); other URLs are returned as they are.\n"
         '"""\n\n'
         "from pathlib import Path\n\n\n"
         "def url_to_local_path(url, *args, **kwargs):\n"

@@ -52,7 +52,7 @@ _UNSUPPORTED_IMAGES_KWARGS = {
     "disable_grouping": "images are processed one at a time",
     "image_seq_length": "CAT-Seg has no image tokens",
 }
-# Keys that `save_pretrained` / `from_pretrained` add to a saved configuration; handed to the base class as is.
+# Keys that `save_pretrained` / `from_pretrained` add to a saved configuration.
 _CONFIG_BOOKKEEPING_KEYS = ("image_processor_type", "auto_map", "processor_class", "feature_extractor_type")
 _INT_SETTINGS = ("clip_resolution", "size_divisibility", "sliding_canvas_size", "sliding_tile_size", "sliding_stride")
 _RETURN_TENSORS = (None, "pt", "np")
@@ -165,9 +165,19 @@ class CATSegImageProcessor(BaseImageProcessor):
     return_tensors = None
 
     def __init__(self, **kwargs: Unpack[CATSegImageProcessorKwargs]) -> None:
-        bookkeeping = {key: kwargs.pop(key) for key in _CONFIG_BOOKKEEPING_KEYS if key in kwargs}
+        # Keys that are not settings (a saved configuration's bookkeeping, or attributes someone set and saved) are
+        # kept as plain attributes, as transformers does, so that such configurations still load; they do not change
+        # the processing, which the warning says for anything but the bookkeeping.
+        valid = set(self.valid_kwargs.__annotations__)
+        extra = {key: kwargs.pop(key) for key in list(kwargs) if key not in valid}
+        ignored = sorted(set(extra) - set(_CONFIG_BOOKKEEPING_KEYS))
+        if ignored:
+            logger.warning(
+                f"{type(self).__name__} keeps {ignored} as attributes, but they are not settings of it and do not "
+                f"change the processing; its settings are {sorted(valid - set(_UNSUPPORTED_IMAGES_KWARGS))}."
+            )
         settings = self._resolve_settings(kwargs, f"{type(self).__name__}()")
-        super().__init__(**bookkeeping)
+        super().__init__(**extra)
         # Every setting is stored on the instance, so that `to_dict` / `save_pretrained` write all of them.
         for key, value in settings.items():
             setattr(self, key, value)
@@ -342,10 +352,10 @@ class CATSegImageProcessor(BaseImageProcessor):
                 `"probabilities"`.
 
         Returns:
-            `list[torch.Tensor]`: one int64 `(height, width)` label map per image; with
-            `return_segmentation_scores=True`, one [`~image_processing_outputs.SemanticSegmentationPostProcessorOutput`]
-            per image with `segmentation` (int64 `(height, width)`) and `segmentation_scores` (float32
-            `(num_classes, height, width)` probabilities).
+            `list[torch.Tensor]` or `list[SemanticSegmentationPostProcessorOutput]`: one int64 `(height, width)` label
+            map per image; with `return_segmentation_scores=True`, one
+            [`~image_processing_outputs.SemanticSegmentationPostProcessorOutput`] per image with `segmentation`
+            (int64 `(height, width)`) and `segmentation_scores` (float32 `(num_classes, height, width)` probabilities).
         """
         if return_probabilities is not None:
             warnings.warn(
@@ -760,7 +770,10 @@ def _postprocess_one(
 
             merged = _fold_tiles(view_probabilities, len(class_ids), canvas_h, canvas_w, tile, stride)
             global_probs = F.interpolate(
-                view_probabilities(num_tiles).unsqueeze(0), size=(canvas_h, canvas_w), mode="bilinear", align_corners=False
+                view_probabilities(num_tiles).unsqueeze(0),
+                size=(canvas_h, canvas_w),
+                mode="bilinear",
+                align_corners=False,
             )
             # (tiles summed / overlap count + global) / 2, in this order.
             merged = merged.div_(counts).unsqueeze(0).add_(global_probs).div_(2.0)

@@ -121,6 +121,16 @@ class CATSegProcessor(ProcessorMixin):
         )
         return cls(image_processor, tokenizer, prompt_templates=list(config.prompt_templates))
 
+    def save_pretrained(self, save_directory: Any, push_to_hub: bool = False, **kwargs: Any) -> Any:
+        # Saving writes `auto_map` into processor_config.json by setting it on the processor itself; a processor
+        # loaded from that folder has none, so without this the saved and the reloaded processor would differ.
+        had_auto_map = "auto_map" in self.__dict__
+        try:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            if not had_auto_map:
+                self.__dict__.pop("auto_map", None)
+
     def __call__(
         self,
         images: Any = None,
@@ -325,7 +335,8 @@ class CATSegProcessor(ProcessorMixin):
             else:
                 raise TypeError(
                     f"CATSegProcessor got an unexpected keyword argument `{key}`. It takes the image-processor "
-                    f"settings {sorted(image_keys - set(_UNSUPPORTED_IMAGES_KWARGS))} and the text arguments {sorted(set(_TEXT_OPTIONS) & text_keys)}."
+                    f"settings {sorted(image_keys - set(_UNSUPPORTED_IMAGES_KWARGS))} and the text arguments "
+                    f"{sorted(set(_TEXT_OPTIONS) & text_keys)}."
                 )
 
         unsupported = sorted(key for key, value in given_text.items() if key not in _TEXT_OPTIONS and value)
@@ -340,7 +351,9 @@ class CATSegProcessor(ProcessorMixin):
                 "drop them."
             )
         if given_text and not has_text:
-            raise ValueError(f"Text argument(s) {sorted(given_text)} were given without `text`; pass text or drop them.")
+            raise ValueError(
+                f"Text argument(s) {sorted(given_text)} were given without `text`; pass text or drop them."
+            )
 
     def _tokenizer_options(self, text_kwargs: dict[str, Any]) -> dict[str, Any]:
         """The tokenizer arguments of `encode_class_names`, with CAT-Seg's defaults, checked."""
