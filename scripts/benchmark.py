@@ -58,9 +58,9 @@ def run_case(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from catseg_hf import CATSegModel, CATSegProcessor
+    from catseg_hf import CATSegForSemanticSegmentation, CATSegProcessor
 
-    model = CATSegModel.from_pretrained(args.model).eval()
+    model = CATSegForSemanticSegmentation.from_pretrained(args.model).eval()
     processor = CATSegProcessor.from_pretrained(args.model)
     kind, count, mode = CASES[args.case]
     names = class_names(count)
@@ -71,7 +71,6 @@ def run_case(args: argparse.Namespace) -> dict:
     if kind == "text":
 
         def step():
-            model._class_embedding_cache.clear()
             with torch.no_grad(), autocast:
                 model.get_class_embeddings(text["input_ids"], text["attention_mask"])
 
@@ -83,7 +82,7 @@ def run_case(args: argparse.Namespace) -> dict:
             inputs = processor(images=image, mode=mode, return_tensors="pt")
             with torch.no_grad(), autocast:
                 outputs = model(**inputs, class_embeddings=class_embeddings)
-            processor.post_process_semantic_segmentation(outputs)
+            processor.post_process_semantic_segmentation(outputs, target_sizes=[image.shape[:2]])
 
     step()  # warm-up
     times = []

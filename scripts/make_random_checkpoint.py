@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from catseg_hf import CATSegConfig, CATSegModel
+from catseg_hf import CATSegConfig, CATSegForSemanticSegmentation
 
 
 def default_bpe_path() -> Path | None:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    model = CATSegModel(CATSegConfig.from_preset(args.variant)).eval()
+    model = CATSegForSemanticSegmentation(CATSegConfig.from_preset(args.variant)).eval()
     model.save_pretrained(args.output)
     bpe = Path(args.bpe) if args.bpe else default_bpe_path()
     if bpe is not None:

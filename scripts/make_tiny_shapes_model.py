@@ -123,7 +123,7 @@ def measure_miou(model, processor, split: str, num_images: int, seed: int, image
     for start in range(0, num_images, batch_size):
         rows = [dataset[i] for i in range(start, min(start + batch_size, num_images))]
         labels = [np.asarray(row["label"]) for row in rows]
-        inputs = processor(images=[row["image"] for row in rows], text=names, mode="whole")
+        inputs = processor(images=[row["image"] for row in rows], text=names, mode="whole", return_tensors="pt")
         with torch.no_grad():
             outputs = model(**inputs)
         maps = processor.post_process_semantic_segmentation(outputs, target_sizes=[lab.shape for lab in labels])
@@ -154,7 +154,7 @@ official CAT-Seg checkpoints (see the catseg-hf README).
 
 ## What it is
 
-- Architecture: `CATSegModel` with a tiny CLIP (vision: width {vision_width}, {vision_layers} layers, patch {patch}
+- Architecture: `CATSegForSemanticSegmentation` with a tiny CLIP (vision: width {vision_width}, {vision_layers} layers, patch {patch}
   at {clip_resolution} px, i.e. a {grid}x{grid} patch grid; text: width {text_width}, {text_layers} layers, OpenAI's
   49408-token vocabulary) and a tiny aggregator (hidden {hidden}, {agg_layers} aggregation layers, Swin windows of
   {window}); logits at {logits}x{logits}.
@@ -205,14 +205,14 @@ has no reason to, and the number is reported as measured, not as a capability.
 
 ```python
 import catseg_hf  # or pass trust_remote_code=True where catseg_hf is not installed
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoModelForSemanticSegmentation, AutoProcessor
 from catseg_hf.data import render_scene
 
-model = AutoModel.from_pretrained("examples/tiny-shapes-catseg").eval()
+model = AutoModelForSemanticSegmentation.from_pretrained("examples/tiny-shapes-catseg").eval()
 processor = AutoProcessor.from_pretrained("examples/tiny-shapes-catseg")
 image, _ = render_scene(seed=1, size={image_size})
 names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-inputs = processor(images=image, text=names, mode="whole")
+inputs = processor(images=image, text=names, mode="whole", return_tensors="pt")
 outputs = model(**inputs)
 label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0]
 
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    from catseg_hf import CATSegModel, CATSegProcessor
+    from catseg_hf import CATSegForSemanticSegmentation, CATSegProcessor
     from catseg_hf.training import load_recipe, parse_recipe_and_overrides, prepare_for_saving
 
     model_args, data_args, training_args = parse_recipe_and_overrides(
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     print("[stage 2]", " ".join(command), flush=True)
     subprocess.run(command, check=True, env=env, cwd=REPO_ROOT)
     wall = time.time() - start
-    model = CATSegModel.from_pretrained(catseg_dir).eval()
+    model = CATSegForSemanticSegmentation.from_pretrained(catseg_dir).eval()
     processor = CATSegProcessor.from_pretrained(catseg_dir)
     train_results = json.loads((catseg_dir / "train_results.json").read_text())
     global_step = json.loads((catseg_dir / "trainer_state.json").read_text())["global_step"]

@@ -123,13 +123,12 @@ def _accumulate(model, processor, names, voc_root, annotation_dir, stems, key, m
             for s in batch
         ]
         labels = [np.asarray(Image.open(annotation_dir / f"{s}.png")).astype(np.int64) for s in batch]
-        inputs = processor(
-            images=images, text=names, prompt_templates=model.config.prompt_templates, mode="sliding",
-            return_tensors="pt",
-        )
+        inputs = processor(images=images, text=names, mode="sliding", return_tensors="pt")
         with torch.no_grad():
             outputs = model(**inputs)
-        predictions = processor.post_process_semantic_segmentation(outputs, target_sizes=[lab.shape for lab in labels])
+        predictions = processor.post_process_semantic_segmentation(
+            outputs, target_sizes=[lab.shape for lab in labels], image_sizes=[image.shape[:2] for image in images]
+        )
         for prediction, label in zip(predictions, labels):
             assert prediction.shape == label.shape
             if key == "pas20b":

@@ -14,10 +14,11 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from catseg_hf import CATSegModel
+from catseg_hf import CATSegForSemanticSegmentation
 from catseg_hf.data import EvalTransform, add_transform, make_synthetic_dataset
 from catseg_hf.evaluation import StreamingMeanIoU
 from catseg_hf.testing_utils import tiny_catseg_config
+from catseg_hf.training.optim import apply_clip_finetune_policy
 from catseg_hf.training import (
     CATSegTrainer,
     CATSegTrainingArguments,
@@ -60,15 +61,18 @@ def bpe_file(shared_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def processor(shared_path):
-    model = CATSegModel(tiny_catseg_config(pad_len=32))
+    model = CATSegForSemanticSegmentation(tiny_catseg_config(pad_len=32))
     return build_processor(model, ModelArguments(model_preset="tiny", bpe_path=str(bpe_file(shared_path)),
                                                  inference_mode="whole"))
 
 
-def tiny_model(**overrides) -> CATSegModel:
+def tiny_model(**overrides) -> CATSegForSemanticSegmentation:
+    """A tiny model with the CLIP fine-tuning policy of its config applied, as training set-up does."""
     torch.manual_seed(0)
     # pad_len above the 17 classes: no top-k class selection during training.
-    return CATSegModel(tiny_catseg_config(pad_len=32, **overrides))
+    model = CATSegForSemanticSegmentation(tiny_catseg_config(pad_len=32, **overrides))
+    apply_clip_finetune_policy(model)
+    return model
 
 
 def train_data(num_images: int, image_size: int = 32, crop_size: int = 32, color_aug: bool = False):
@@ -117,7 +121,8 @@ def test_parameter_groups_attention_mode_follow_the_official_rules():
     clip_names = sorted(n for g in groups for n in g["param_names"] if n.startswith("clip."))
     config = model.config.clip_config
     num_blocks = config.text_config.num_hidden_layers + config.vision_config.num_hidden_layers
-    assert len(clip_names) == 2 * num_blocks
+    # Query and value weights of every block, less the last vision block's query (dense mode never uses it).
+    assert len(clip_names) == 2 * num_blocks - 1
     assert all(n.endswith(("self_attn.q_proj.weight", "self_attn.v_proj.weight")) for n in clip_names)
     for name in clip_names:
         group = _group_of(groups, name)
@@ -256,7 +261,7 @@ def test_resume_from_checkpoint_continues_exactly(processor, tmp_path):
     checkpoint = tmp_path / "a" / "checkpoint-2"
     assert checkpoint.is_dir()
     resumed = run(tmp_path / "b", resume=str(checkpoint))
-    start = CATSegModel.from_pretrained(checkpoint)
+    start = CATSegForSemanticSegmentation.from_pretrained(checkpoint)
     moved = any(not torch.equal(start.state_dict()[n], resumed[n]) for n in resumed)
     assert moved, "the resumed run did not train"
     for name, value in uninterrupted.items():
@@ -345,7 +350,7 @@ def test_shipped_tiny_model_loads_and_segments_the_validation_shapes():
     dataset, _ = make_synthetic_dataset("validation", 12, 0, image_size=128)
     images = [dataset[i]["image"] for i in range(len(dataset))]
     labels = [np.asarray(dataset[i]["label"]) for i in range(len(dataset))]
-    inputs = processor(images=images, text=names, mode="whole")
+    inputs = processor(images=images, text=names, mode="whole", return_tensors="pt")
     with torch.no_grad():
         outputs = model(**inputs)
     predictions = processor.post_process_semantic_segmentation(outputs, target_sizes=[lab.shape for lab in labels])
@@ -384,7 +389,7 @@ def test_torchrun_two_cpu_processes_train_and_evaluate(shared_path, tmp_path):
     # saved final model: nothing counted twice or dropped.
     from catseg_hf import CATSegProcessor
 
-    model = CATSegModel.from_pretrained(output_dir)
+    model = CATSegForSemanticSegmentation.from_pretrained(output_dir)
     single = build_trainer(model, CATSegProcessor.from_pretrained(output_dir), training_args(tmp_path / "single"),
                            None, eval_data(6), [model.config.id2label[i] for i in range(NUM_CLASSES)])
     assert single.evaluate()["eval_mean_iou"] == pytest.approx(eval_results["eval_mean_iou"], abs=1e-9)

@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoProcessor
 
-from .pipelines import default_vocabulary
+from .pipelines import default_vocabulary, load_image
+from .vocabulary import Vocabulary
 
 PROG = "catseg-hf"
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
@@ -279,13 +280,9 @@ def segment_command(args: argparse.Namespace) -> int:
 
     # The class-name embeddings are computed once and shared by all images.
     try:
-        text_inputs = processor(text=labels, prompt_templates=templates, return_tensors="pt")
+        vocabulary = Vocabulary.encode(model, processor, labels, prompt_templates=templates)
     except (TypeError, ValueError) as error:
         raise CommandError(_one_line(error)) from error
-    with torch.inference_mode():
-        class_embeddings = model.get_class_embeddings(
-            text_inputs["input_ids"].to(device), text_inputs["attention_mask"].to(device)
-        )
 
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -302,9 +299,7 @@ def segment_command(args: argparse.Namespace) -> int:
     for path in tqdm(images, desc="Segmenting", unit="image", disable=None if show_progress else True):
         name = _unique_name(path.stem, used_names)
         try:
-            _segment_one(
-                path, name, model, processor, class_embeddings, labels, templates, mode, args.model, args.out, device
-            )
+            _segment_one(path, name, model, processor, vocabulary, templates, mode, args.model, args.out, device)
             succeeded += 1
         except ImageError as error:
             _report(f"{path}: {error}")
@@ -320,8 +315,7 @@ def _segment_one(
     name: str,
     model: Any,
     processor: Any,
-    class_embeddings: torch.Tensor,
-    labels: list[str],
+    vocabulary: Vocabulary,
     templates: list[str],
     mode: str,
     model_id: str,
@@ -329,16 +323,14 @@ def _segment_one(
     device: torch.device,
 ) -> None:
     image = _read_image(path)
+    labels = list(vocabulary.class_names)
+    size = (image.height, image.width)
     inputs = processor.image_processor(image, mode=mode, return_tensors="pt")
     try:
         with torch.inference_mode():
-            outputs = model(
-                pixel_values=inputs["pixel_values"].to(device),
-                class_embeddings=class_embeddings,
-                original_sizes=inputs["original_sizes"],
-                view_layout=inputs["view_layout"],
-            )
-            label_map = processor.post_process_semantic_segmentation(outputs)[0].cpu().numpy()
+            outputs = model(pixel_values=inputs["pixel_values"].to(device), class_embeddings=vocabulary.class_embeddings)
+            label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[size], image_sizes=[size])
+            label_map = label_map[0].cpu().numpy()
     except torch.OutOfMemoryError as error:
         raise ImageError(
             f"out of memory ({image.width}x{image.height} image, {len(labels)} classes); try --mode whole, fewer "
@@ -367,11 +359,9 @@ def _segment_one(
 
 
 def _read_image(path: Path) -> Image.Image:
+    """The image as the processor reads it (EXIF orientation applied, mode kept: 16-bit data is not clipped)."""
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            # Photos store their orientation in EXIF; the label map must match the image as it is displayed.
-            return ImageOps.exif_transpose(opened).convert("RGB")
+        return load_image(path)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ImageError(f"cannot read the image ({_one_line(error)})") from error
 

@@ -25,15 +25,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers import AutoModel, AutoModelForSemanticSegmentation, Pipeline
-from transformers.image_utils import load_image
+from transformers.image_utils import load_image as load_image_url
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
 from .configuration_catseg import CATSegConfig
-from .modeling_catseg import CATSegModel
+from .image_processing_catseg import _channels_first
+from .modeling_catseg import CATSegForSemanticSegmentation
+from .vocabulary import VocabularyCache
 
 
 logger = logging.get_logger(__name__)
@@ -43,22 +45,6 @@ ZERO_SHOT_IMAGE_SEGMENTATION_TASK = "zero-shot-image-segmentation"
 # Keyword arguments that transformers' `pipeline()` forwards to every pipeline class although they are not pipeline
 # parameters (they were used for loading); they must not trigger the "unknown argument" warning.
 _LOADING_ARGUMENTS = frozenset({"local_files_only"})
-
-
-class _ImageGroup:
-    """Images that go through the model together: one call of preprocess/forward/postprocess for several images.
-
-    transformers' own batching stacks the preprocessed tensors of several inputs along dimension 0 and splits the
-    model outputs the same way. That does not fit CAT-Seg: a sliding-window image is several rows of `pixel_values`
-    (its tiles plus a global view) and the class token ids are shared by all images. The CATSeg processor batches
-    natively instead, so a batch is handed through the pipeline as one input of this type.
-    """
-
-    def __init__(self, images: list[Any]) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
 
 
 class ZeroShotImageSegmentationPipeline(Pipeline):
@@ -78,8 +64,10 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
     ```
 
     The model and its [`CATSegProcessor`] (image processor and CLIP tokenizer) are loaded from the model folder or
-    Hub repository. The class-name text embeddings are cached by the model, so repeated calls with the same labels
-    only run the image side.
+    Hub repository. The candidate labels are embedded once per vocabulary (a [`~catseg_hf.vocabulary.VocabularyCache`]
+    the pipeline owns), so repeated calls with the same labels only run the image side. Lists, datasets and
+    generators of images are batched by transformers' own machinery (`batch_size=`): every image is one row of the
+    batch, its sliding-window views inside that row.
 
     This pipeline can be loaded from [`pipeline`] with the task identifier `"zero-shot-image-segmentation"` after
     `import catseg_hf`.
@@ -91,8 +79,6 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
     _load_tokenizer = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Token ids of the last labels used: (labels, templates) -> tensors.
-        self._text_cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
         super().__init__(*args, **kwargs)
         if self.processor is None or not hasattr(self.processor, "encode_class_names"):
             raise ValueError(
@@ -100,11 +86,15 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
                 f"got {type(self.processor).__name__}. Load the model from a folder saved with its processor, or pass "
                 "processor=CATSegProcessor.from_pretrained(...)."
             )
+        # transformers' batching collates with the pipeline's image processor.
+        if self.image_processor is None:
+            self.image_processor = self.processor.image_processor
+        self.vocabularies = VocabularyCache()
 
     # ------------------------------------------------------------------------------------------------- parameters
     def _sanitize_parameters(
         self,
-        candidate_labels: Sequence[str] | None = None,
+        candidate_labels: Sequence[str] | str | None = None,
         prompt_templates: Sequence[str] | str | None = None,
         mode: str | None = None,
         timeout: float | None = None,
@@ -112,43 +102,50 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         unknown = sorted(set(kwargs) - _LOADING_ARGUMENTS)
         if unknown:
-            logger.warning(
-                f"zero-shot-image-segmentation ignores the unknown arguments {unknown}; its arguments are "
-                "candidate_labels, prompt_templates, mode, timeout and batch_size."
+            raise TypeError(
+                f"zero-shot-image-segmentation got unknown arguments {unknown}; its arguments are candidate_labels, "
+                "prompt_templates, mode, timeout, batch_size and num_workers."
             )
         # Only what the caller gave goes into the dictionaries, so that call arguments override construction ones
         # and the method defaults apply otherwise.
         preprocess_params: dict[str, Any] = {}
+        forward_params: dict[str, Any] = {}
         if candidate_labels is not None:
-            preprocess_params["candidate_labels"] = candidate_labels
+            if not isinstance(candidate_labels, (str, list, tuple)):
+                raise TypeError(
+                    f"candidate_labels must be a class name or a list of class names, got "
+                    f"{type(candidate_labels).__name__} {candidate_labels!r}."
+                )
+            forward_params["candidate_labels"] = candidate_labels
         if prompt_templates is not None:
-            preprocess_params["prompt_templates"] = prompt_templates
+            forward_params["prompt_templates"] = prompt_templates
         if mode is not None:
             preprocess_params["mode"] = mode
         if timeout is not None:
             preprocess_params["timeout"] = timeout
-        return preprocess_params, {}, {}
+        postprocess_params = {"candidate_labels": forward_params["candidate_labels"]} if candidate_labels is not None else {}
+        return preprocess_params, forward_params, postprocess_params
 
     # ------------------------------------------------------------------------------------------------- call
-    def __call__(self, images: Any = None, candidate_labels: Sequence[str] | None = None, **kwargs: Any) -> Any:
+    def __call__(self, images: Any = None, candidate_labels: Sequence[str] | str | None = None, **kwargs: Any) -> Any:
         """
         Segment one image or a list of images into the candidate labels.
 
         Args:
             images (`str`, `os.PathLike`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, or a list of them):
                 Local paths, HTTP(S) URLs, PIL images, or arrays on the 0-255 scale (HWC or CHW; a 4-D array is a
-                list of images). A list may mix sizes.
-            candidate_labels (`list[str]`):
-                The class names, in label order. A name `"a, b"` lists synonyms of one class (the text encoder sees
-                the first one). Optional when the model carries a default vocabulary (see [`set_default_vocabulary`]).
+                list of images). A list may mix sizes. Datasets and generators are streamed.
+            candidate_labels (`str` or `list[str]`):
+                The class names, in label order (one string is one class). A name `"a, b"` lists synonyms of one
+                class (the text encoder sees the first one). Optional when the model carries a default vocabulary
+                (see [`set_default_vocabulary`]).
             prompt_templates (`list[str]`, *optional*):
                 Templates with one `{}` each (default: the processor's, i.e. the model's). The model was trained with a
                 fixed number of templates; give that many.
             mode (`str`, *optional*):
                 `"sliding"` (default; the protocol of the paper) or `"whole"` (one view per image, faster).
             batch_size (`int`, *optional*):
-                Images per model call for a list input (default: the pipeline's `batch_size`, else 1). Datasets and
-                generators are streamed one image at a time.
+                Images per model call (default: the pipeline's `batch_size`, else 1).
             timeout (`float`, *optional*):
                 Seconds to wait for an image URL.
 
@@ -169,94 +166,56 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             raise ValueError("Give an image (a path, URL, PIL image or array) or a list of images to segment.")
         if candidate_labels is not None:
             kwargs["candidate_labels"] = candidate_labels
-        batch_size = kwargs.pop("batch_size", None) or self._batch_size or 1
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-
         if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
             images = list(images)
-        if isinstance(images, (list, tuple)):
+        if isinstance(images, tuple):
             images = list(images)
-            if not images:
-                return []
-            groups = [_ImageGroup(images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
-            # One pipeline item per group; each gives back one result list per image.
-            results = super().__call__(groups, batch_size=1, **kwargs)
-            return [annotation for group in results for annotation in group]
-        # A single image, or a dataset / generator of images, streamed one at a time (transformers' batching of
-        # streamed inputs would stack the views of different images; see _ImageGroup).
-        return super().__call__(images, batch_size=1, **kwargs)
+        if isinstance(images, list) and not images:
+            return []
+        return super().__call__(images, **kwargs)
 
     # ------------------------------------------------------------------------------------------------- stages
-    def preprocess(
-        self,
-        image: Any,
-        candidate_labels: Sequence[str] | None = None,
-        prompt_templates: Sequence[str] | str | None = None,
-        mode: str | None = None,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        is_group = isinstance(image, _ImageGroup)
-        images = [_load(item, timeout) for item in (image.images if is_group else [image])]
+    def preprocess(self, image: Any, mode: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+        image = load_image(image, timeout)
+        inputs = self.processor.image_processor(image, mode=mode, return_tensors="pt")
+        return {"pixel_values": inputs["pixel_values"], "target_size": torch.tensor([image_size(image)])}
 
+    def _forward(
+        self,
+        model_inputs: dict[str, Any],
+        candidate_labels: Sequence[str] | str | None = None,
+        prompt_templates: Sequence[str] | str | None = None,
+    ) -> dict[str, Any]:
+        target_size = model_inputs.pop("target_size")
         if candidate_labels is None:
-            labels = self._default_labels()
             if prompt_templates is not None:
                 raise ValueError(
                     "prompt_templates only apply to candidate_labels: the model's default vocabulary was tokenised "
                     "when it was stored. Pass candidate_labels=[...] together with prompt_templates."
                 )
-            # No token ids: the model uses the ones stored with its default vocabulary.
-            text_inputs: dict[str, torch.Tensor] = {}
-        elif isinstance(candidate_labels, str):
-            raise ValueError(
-                f"candidate_labels must be a list of class names, got the single string {candidate_labels!r}. Pass "
-                "e.g. ['wall', 'floor'] (a name 'a, b' lists synonyms of ONE class, so a string is not split)."
-            )
+            self._default_labels()  # says what to do when the model has no default vocabulary
+            class_embeddings = None  # the model uses its default vocabulary
         else:
-            labels = list(candidate_labels)
-            text_inputs = self._encode_labels(labels, prompt_templates)
+            vocabulary = self.vocabularies.get(self.model, self.processor, candidate_labels, prompt_templates)
+            class_embeddings = vocabulary.class_embeddings
+        outputs = self.model(pixel_values=model_inputs["pixel_values"].to(self.dtype), class_embeddings=class_embeddings)
+        return {"logits": outputs.logits, "target_size": target_size}
 
-        model_inputs: dict[str, Any] = dict(self.processor.image_processor(images, mode=mode, return_tensors="pt"))
-        model_inputs.update(text_inputs)
-        model_inputs["candidate_labels"] = labels
-        model_inputs["is_group"] = is_group
-        return model_inputs
-
-    def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
-        labels = model_inputs.pop("candidate_labels")
-        is_group = model_inputs.pop("is_group")
-        outputs = self.model(**model_inputs)
-        # Only what post-processing reads comes back to the CPU (not, e.g., the class embeddings).
-        return {
-            "logits": outputs.logits,
-            "original_sizes": model_inputs["original_sizes"],
-            "view_layout": model_inputs["view_layout"],
-            "candidate_labels": labels,
-            "is_group": is_group,
-        }
-
-    def postprocess(self, model_outputs: dict[str, Any]) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
-        labels = model_outputs["candidate_labels"]
-        # Without target sizes the label maps come at the original image sizes the processor recorded.
-        label_maps = self.processor.post_process_semantic_segmentation(model_outputs)
-        annotations = [label_map_to_annotations(label_map, labels) for label_map in label_maps]
-        return annotations if model_outputs["is_group"] else annotations[0]
+    def postprocess(
+        self, model_outputs: dict[str, Any], candidate_labels: Sequence[str] | str | None = None
+    ) -> list[dict[str, Any]]:
+        if candidate_labels is None:
+            labels = self._default_labels()
+        else:
+            labels = [candidate_labels] if isinstance(candidate_labels, str) else list(candidate_labels)
+        sizes = model_outputs["target_size"].tolist()
+        # The image sizes also drive the whole-mode crop of the official post-processing.
+        label_map = self.processor.post_process_semantic_segmentation(
+            {"logits": model_outputs["logits"]}, target_sizes=sizes, image_sizes=sizes
+        )[0]
+        return label_map_to_annotations(label_map, labels)
 
     # ------------------------------------------------------------------------------------------------- helpers
-    def _encode_labels(
-        self, labels: Sequence[str], prompt_templates: Sequence[str] | str | None
-    ) -> dict[str, torch.Tensor]:
-        """Token ids of the labels, kept for the next call: a list of images reuses them without re-tokenising."""
-        templates = (prompt_templates,) if isinstance(prompt_templates, str) else prompt_templates
-        key = (tuple(labels), None if templates is None else tuple(templates))
-        if self._text_cache is not None and self._text_cache[0] == key:
-            return self._text_cache[1]
-        encoded = self.processor.encode_class_names(labels, prompt_templates=prompt_templates, return_tensors="pt")
-        text_inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-        self._text_cache = (key, text_inputs)
-        return text_inputs
-
     def _default_labels(self) -> list[str]:
         config = self.model.config
         if getattr(config, "default_class_input_ids", None) is None:
@@ -267,18 +226,40 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         return default_vocabulary(config)
 
 
-def _load(image: Any, timeout: float | None) -> Any:
-    """An image the CATSeg image processor takes: paths and URLs are opened (EXIF orientation applied) as RGB."""
+def load_image(image: Any, timeout: float | None = None) -> Any:
+    """An image as the CATSeg image processor takes it. Local paths are opened with PIL, EXIF orientation applied,
+    keeping their mode (16-bit and palette images are converted by the image processor's own rules); HTTP(S) URLs
+    are fetched by transformers' `load_image` (as RGB); PIL images and arrays are returned as they are."""
     if isinstance(image, os.PathLike):
         image = os.fspath(image)
-    if isinstance(image, (str, Image.Image)):
-        return load_image(image, timeout=timeout)
-    if isinstance(image, (np.ndarray, torch.Tensor)):
+    if isinstance(image, str):
+        if image.startswith(("http://", "https://")):
+            return load_image_url(image, timeout=timeout)
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"No image file {image!r}: give an existing path, an HTTP(S) URL or a PIL image.")
+        with Image.open(image) as opened:
+            loaded = ImageOps.exif_transpose(opened)
+            loaded.load()
+        return loaded
+    if isinstance(image, (Image.Image, np.ndarray, torch.Tensor)):
         return image
     raise TypeError(
         f"Cannot segment an input of type {type(image).__name__}: give a local path, an HTTP(S) URL, a PIL image, "
         "or a numpy array / torch tensor on the 0-255 scale."
     )
+
+
+def image_size(image: Image.Image | np.ndarray | torch.Tensor) -> tuple[int, int]:
+    """`(height, width)` of one image, reading the channel axis of arrays as the image processor does."""
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    shape = tuple(image.shape)
+    if len(shape) == 2:
+        return shape
+    if len(shape) != 3:
+        raise ValueError(f"An image must have 2 or 3 dimensions (a 4-D input is a batch), got shape {shape}.")
+    channels_first = _channels_first(shape, isinstance(image, torch.Tensor), None)
+    return (shape[1], shape[2]) if channels_first else (shape[0], shape[1])
 
 
 def label_map_to_annotations(label_map: torch.Tensor | np.ndarray, labels: Sequence[str]) -> list[dict[str, Any]]:
@@ -321,12 +302,12 @@ def default_vocabulary(config: Any) -> list[str]:
 def set_default_vocabulary(
     model: Any,
     processor: Any,
-    class_names: Sequence[str],
+    class_names: Sequence[str] | str,
     prompt_templates: Sequence[str] | str | None = None,
 ) -> None:
     """Stores a default vocabulary in a CAT-Seg model, for calls that name no classes.
 
-    transformers' `image-segmentation` pipeline (and `CATSegModel(pixel_values=...)` without `input_ids`) give the
+    transformers' `image-segmentation` pipeline (and `model(pixel_values=...)` without `input_ids`) give the
     model images only; with a default vocabulary the model segments into these classes. The vocabulary lives in
     the config, so `model.save_pretrained(folder)` writes a self-contained folder:
 
@@ -334,26 +315,22 @@ def set_default_vocabulary(
     - `default_class_input_ids` / `default_class_attention_mask`: the tokenised prompts `(T, P, L)`, cut after the
       longest prompt (CLIP's text tower is causal and read at the end-of-text token, so the padding after it never
       changes the embeddings, and config.json stays small);
-    - `auto_map["AutoModelForSemanticSegmentation"]`, and the model/config classes registered for the Auto classes,
-      so that the saved folder also loads in `pipeline("image-segmentation", model=folder, trust_remote_code=True)`
-      where catseg_hf is not installed.
+    The saved folder names the model class for `AutoModelForSemanticSegmentation` in its `auto_map` (every CAT-Seg
+    folder does), so it also loads in `pipeline("image-segmentation", model=folder, trust_remote_code=True)` where
+    catseg_hf is not installed.
 
     Args:
-        model: a `CATSegModel` (changed in place).
+        model: a `CATSegForSemanticSegmentation` (changed in place).
         processor: its `CATSegProcessor` (tokenizer and default prompt templates).
-        class_names (`list[str]`): the class names in label-id order (a name `"a, b"` lists synonyms of one class).
+        class_names (`list[str]`): the class names in label-id order (a name `"a, b"` lists synonyms of one class;
+            a single string is one class).
         prompt_templates (`list[str]`, *optional*): default: the processor's.
 
     Raises:
         ValueError: for invalid class names or templates, or a number of templates the model was not built for.
     """
     config = model.config
-    if isinstance(class_names, str):
-        raise ValueError(
-            f"class_names must be a list of names, got the single string {class_names!r}; pass e.g. "
-            "['wall', 'floor', 'sofa']."
-        )
-    names = list(class_names)
+    names = [class_names] if isinstance(class_names, str) else list(class_names)
     encoded = processor.encode_class_names(names, prompt_templates=prompt_templates, return_tensors="pt")
     input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
     expected = config.num_prompt_templates
@@ -369,19 +346,13 @@ def set_default_vocabulary(
     config.id2label = dict(enumerate(names))
     config.label2id = {name: index for index, name in enumerate(names)}
 
-    # Saved folders carry the modelling code (CATSegModel's `_auto_class`); the extra auto_map entry lets transformers' `image-segmentation` pipeline find the model class there.
-    model_class = type(model)
-    auto_map = dict(getattr(config, "auto_map", None) or {})
-    auto_map["AutoModelForSemanticSegmentation"] = f"{model_class.__module__.rsplit('.', 1)[-1]}.{model_class.__name__}"
-    config.auto_map = auto_map
-
 
 def register_pipelines() -> None:
     """Registers CAT-Seg with transformers' pipelines (run on `import catseg_hf`; calling it again is harmless).
 
     - the `"zero-shot-image-segmentation"` task, implemented by [`ZeroShotImageSegmentationPipeline`];
-    - `CATSegModel` as an `AutoModelForSemanticSegmentation`, which the built-in `"image-segmentation"` pipeline
-      loads models with.
+    - `CATSegForSemanticSegmentation` as an `AutoModelForSemanticSegmentation`, which the built-in
+      `"image-segmentation"` pipeline loads models with.
     """
     registered = PIPELINE_REGISTRY.supported_tasks.get(ZERO_SHOT_IMAGE_SEGMENTATION_TASK)
     # A second registration would log transformers' "already registered, overwriting" warning.
@@ -392,16 +363,20 @@ def register_pipelines() -> None:
             pt_model=AutoModel,
             type="multimodal",
         )
-    AutoModelForSemanticSegmentation.register(CATSegConfig, CATSegModel, exist_ok=True)
+    AutoModelForSemanticSegmentation.register(CATSegConfig, CATSegForSemanticSegmentation, exist_ok=True)
     # The image-segmentation pipeline checks the model's class name against the static name tables only (not against
     # Auto-class registrations) and logs an error "model not supported" otherwise. The entry is only ever read by
     # name: lookups of CATSegConfig in the Auto mapping are answered by the registration above, and the table's
     # "catseg" key is skipped when iterating it because transformers' own config table has no "catseg" type.
-    MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(CATSegConfig.model_type, CATSegModel.__name__)
+    MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(
+        CATSegConfig.model_type, CATSegForSemanticSegmentation.__name__
+    )
 
 
 __all__ = [
     "ZERO_SHOT_IMAGE_SEGMENTATION_TASK",
+    "image_size",
+    "load_image",
     "ZeroShotImageSegmentationPipeline",
     "default_vocabulary",
     "label_map_to_annotations",

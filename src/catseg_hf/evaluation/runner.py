@@ -7,7 +7,7 @@ official CAT-Seg evaluation (detectron2's test mapper + ``sem_seg_postprocess`` 
    ``ResizeShortestEdge(640, 2560)``, bilinear on uint8 as detectron2 does for images);
 2. the processor cuts the resized image into its sliding-window views (default) or one whole view;
 3. the class names of the benchmark (in label-id order) are put into the *model's* prompt templates and encoded
-   once per benchmark (``model.get_class_embeddings``); the model runs in eval mode, hence with 1x1 class-aggregation
+   once per benchmark (a :class:`~catseg_hf.vocabulary.Vocabulary`); the model runs in eval mode, hence with 1x1 class-aggregation
    pooling;
 4. the processor's post-processing brings the scores back to the size of the annotation (the original image size),
    arg-max gives the label map, PAS-20b folds its extra prompts into "background";
@@ -55,7 +55,6 @@ __all__ = [
     "infer_variant",
     "prepare_test_image",
     "prepare_label",
-    "encode_class_names",
     "predict_label_maps",
     "scoring_class_names",
     "evaluate_benchmark",
@@ -345,37 +344,22 @@ def prepare_label(label: Any) -> np.ndarray:
     return to_label_array(label).astype(np.int64)
 
 
-def encode_class_names(model: Any, processor: Any, class_names: Sequence[str], device: Any = None) -> Any:
-    """The L2-normalised class text embeddings ``(T, P, C)`` of ``class_names`` in the model's prompt templates.
-
-    Computed once per benchmark and passed to every forward as ``class_embeddings=`` (the text tower does not run
-    again for every batch).
-    """
-    import torch
-
-    templates = list(getattr(model.config, "prompt_templates", None) or processor.prompt_templates)
-    tokens = processor(text=list(class_names), prompt_templates=templates, return_tensors="pt")
-    device = device if device is not None else model.device
-    with torch.no_grad():
-        return model.get_class_embeddings(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
-
-
 def predict_label_maps(
     model: Any,
     processor: Any,
     pixel_values: Any,
-    original_sizes: Any,
-    view_layout: Any,
     class_embeddings: Any,
     target_sizes: Sequence[Tuple[int, int]],
+    image_sizes: Sequence[Tuple[int, int]],
 ) -> List[Any]:
-    """One forward over the views of several images, then the processor's post-processing to ``target_sizes``.
+    """One forward over a batch of images, then the processor's post-processing to ``target_sizes``.
 
     Args:
-        pixel_values, original_sizes, view_layout: the processor's image outputs for the batch (views of all images
-            concatenated, as one processor call over several images gives them).
-        class_embeddings: ``(T, P, C)`` from :func:`encode_class_names`.
+        pixel_values: the processor's ``pixel_values`` for the batch, one row per image (``(N, 3, R, R)`` whole,
+            ``(N, V, 3, R, R)`` sliding).
+        class_embeddings: ``(T, P, C)``, from a :class:`~catseg_hf.vocabulary.Vocabulary`.
         target_sizes: ``(height, width)`` of each image's annotation.
+        image_sizes: ``(height, width)`` of each image as the processor got it (the official whole-mode crop).
 
     Returns:
         One int64 ``(height, width)`` label map per image, on the model's device.
@@ -383,13 +367,10 @@ def predict_label_maps(
     import torch
 
     with torch.no_grad():
-        outputs = model(
-            pixel_values=pixel_values.to(device=model.device, dtype=model.dtype),
-            class_embeddings=class_embeddings,
-            original_sizes=original_sizes,
-            view_layout=view_layout,
+        outputs = model(pixel_values=pixel_values.to(device=model.device, dtype=model.dtype), class_embeddings=class_embeddings)
+        return processor.post_process_semantic_segmentation(
+            outputs, target_sizes=[tuple(s) for s in target_sizes], image_sizes=[tuple(s) for s in image_sizes]
         )
-        return processor.post_process_semantic_segmentation(outputs, target_sizes=[tuple(s) for s in target_sizes])
 
 
 def scoring_class_names(benchmark: Union[str, Benchmark], class_names: Sequence[str]) -> List[str]:
@@ -427,21 +408,20 @@ class _BenchmarkItems:
         views = self.image_processor(image, mode=self.mode, return_tensors="pt")
         return {
             "index": index,
-            "pixel_values": views["pixel_values"],
-            "original_sizes": views["original_sizes"],
-            "view_layout": views["view_layout"],
+            "pixel_values": views["pixel_values"][0],
+            "image_size": tuple(image.shape[:2]),
             "label": label,
         }
 
 
 def _collate(items: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Images stacked along dim 0 (each image's views stay in its row); annotations of any size as a list."""
     import torch
 
     return {
         "indices": [item["index"] for item in items],
-        "pixel_values": torch.cat([item["pixel_values"] for item in items]),
-        "original_sizes": torch.cat([item["original_sizes"] for item in items]),
-        "view_layout": torch.cat([item["view_layout"] for item in items]),
+        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+        "image_sizes": [item["image_size"] for item in items],
         "labels": [item["label"] for item in items],
     }
 
@@ -579,9 +559,11 @@ def evaluate_benchmark(
     items = _BenchmarkItems(dataset, shard, processor.image_processor, mode, short_edge, max_size)
     loader = DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate)
 
+    from ..vocabulary import Vocabulary
+
     start = time.perf_counter()
-    device = model.device
-    class_embeddings = encode_class_names(model, processor, class_names, device)
+    templates = list(getattr(model.config, "prompt_templates", None) or processor.prompt_templates)
+    class_embeddings = Vocabulary.encode(model, processor, class_names, prompt_templates=templates).class_embeddings
     metric = StreamingMeanIoU(**bench.metric_kwargs())
     with tqdm(total=len(shard), desc=bench.display_name, unit="img", disable=not show_progress, dynamic_ncols=True) as bar:
         for batch in loader:
@@ -590,10 +572,9 @@ def evaluate_benchmark(
                 model,
                 processor,
                 batch["pixel_values"],
-                batch["original_sizes"],
-                batch["view_layout"],
                 class_embeddings,
                 target_sizes=[label.shape for label in labels],
+                image_sizes=batch["image_sizes"],
             )
             for prediction, label in zip(predictions, labels):
                 metric.update(bench.fold_predictions(prediction), torch.from_numpy(label).to(prediction.device))
@@ -622,7 +603,7 @@ def evaluate_benchmark(
         "limit": limit,
         "num_processes": num_processes,
         "dtype": str(model.dtype).replace("torch.", ""),
-        "device": str(device),
+        "device": str(model.device),
     }
     return BenchmarkResult(
         benchmark=bench,
