@@ -542,6 +542,20 @@ def test_collator_normalisation_matches_direct_computation():
     torch.testing.assert_close(resized["pixel_values"], reference, rtol=0, atol=1e-6)
 
 
+def test_collator_refuses_label_ids_outside_the_vocabulary():
+    """5 classes: ids 0..4 and the ignore id 255 are labels; anything else stops with the ids and the fix."""
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    label = rng.integers(0, 5, (8, 8)).astype(np.uint8)  # uint8 masks, the usual dtype, are accepted
+    label[0, 0] = 255
+    collator = CATSegTrainingCollator(_tokens())
+    assert collator([{"image": image, "label": label}])["labels"].dtype == torch.int64
+    shifted = label.copy()
+    shifted[1, :3] = 5
+    with pytest.raises(ValueError, match=r"Example 1: label id\(s\) 5 on 3 pixel\(s\).*5 training classes.*reduce_labels"):
+        collator([{"image": image, "label": label}, {"image": image, "label": shifted}])
+
+
 def test_collator_errors():
     collator = CATSegTrainingCollator(_tokens())
     with pytest.raises(ValueError, match="differ"):

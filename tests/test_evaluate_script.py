@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from catseg_hf import CATSegModel, CATSegProcessor
+from catseg_hf import CATSegForSemanticSegmentation, CATSegProcessor
 from catseg_hf.data.transforms import resize_shortest_edge
 from catseg_hf.evaluation import StreamingMeanIoU, get_benchmark, load_class_names
 from catseg_hf.evaluation.runner import load_benchmark_data, prepare_label, resolve_data_source
@@ -86,7 +86,7 @@ def voc_parquet(tmp_path_factory, voc_root: Path) -> Path:
 @pytest.fixture(scope="module")
 def expected_counts(model_dir: Path, voc_root: Path, shared_path: Path):
     """``expected_counts(key)``: the directly computed metric of a benchmark (computed once per module)."""
-    model = CATSegModel.from_pretrained(model_dir).eval()
+    model = CATSegForSemanticSegmentation.from_pretrained(model_dir).eval()
     processor = CATSegProcessor.from_pretrained(model_dir)
     cache: dict[str, StreamingMeanIoU] = {}
 
@@ -264,3 +264,48 @@ def test_16bit_annotations_keep_their_values(tmp_path) -> None:
     metric = StreamingMeanIoU(**bench.metric_kwargs()).update(np.where(loaded == 65535, 0, loaded), loaded)
     assert metric.num_counted_pixels == 3 * 2 + 8  # the 65535 pixels are ignored
     assert metric.compute_detectron2()["mIoU"] == pytest.approx(100.0)
+
+
+def test_annotation_ids_outside_the_benchmark_stop_the_run(tmp_path) -> None:
+    from catseg_hf.evaluation.runner import EvaluationSetupError, check_annotation_ids
+
+    label = np.zeros((4, 5), dtype=np.int64)
+    check_annotation_ids(label, "pas20")
+    label[0, 0] = 255  # PAS-20's ignore id
+    check_annotation_ids(label, "pas20")
+    label[1, :2] = 20  # one past the last of the 20 classes: raw ids shifted by one
+    with pytest.raises(EvaluationSetupError, match=r"example 7 has label id\(s\) 20 on 2 pixel\(s\).*--reduce-labels pas20"):
+        check_annotation_ids(label, "pas20", 7)
+    label[2, 0] = 400
+    with pytest.raises(EvaluationSetupError, match=r"20, 400 on 3 pixel\(s\)") as caught:
+        check_annotation_ids(label, "pas20")
+    assert "--reduce-labels" not in str(caught.value)  # 400 is no off-by-one: no hint
+
+
+def test_forgotten_reduce_labels_fails_instead_of_scoring_zero(model_dir, voc_root, shared_path, tmp_path) -> None:
+    """Raw-style annotations (classes 1..20, 0 = background) through a parquet source: without --reduce-labels the
+    script stops with the ids it cannot score; with it, the run completes."""
+    import datasets
+
+    stems = sorted(p.stem for p in (voc_root / VOC_ANNOTATIONS).glob("*.png"))[:2]
+    annotations = []
+    for stem in stems:
+        label = np.asarray(Image.open(voc_root / VOC_ANNOTATIONS / f"{stem}.png")).astype(np.uint8)
+        raw = np.where(label == 255, 0, label + 1).astype(np.uint8)
+        annotations.append(Image.fromarray(raw))
+    table = {"image": [Image.open(voc_root / VOC_IMAGES / f"{s}.jpg") for s in stems], "label": annotations}
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
+    path = tmp_path / "raw.parquet"
+    datasets.Dataset.from_dict(table, features=features).to_parquet(str(path))
+    arguments = [
+        "--model", str(model_dir), "--benchmarks", "pas20", "--source", f"pas20={path}", "--device", "cpu",
+        "--mode", "whole", "--output-dir", str(tmp_path / "out"), "--class-names-dir", str(shared_path / "benchmarks"),
+    ]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", CATSEG_SHARED_DIR=str(shared_path), OMP_NUM_THREADS="1")
+    failed = subprocess.run(
+        [sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300
+    )
+    assert failed.returncode != 0
+    assert "label id(s) 20" in failed.stderr and "--reduce-labels pas20" in failed.stderr, failed.stderr[-2000:]
+    assert not (tmp_path / "out" / "results.json").exists()
+    run_script([*arguments, "--reduce-labels", "pas20"], shared_path)

@@ -169,6 +169,7 @@ class CATSegTrainingCollator:
                     f"Example {index}: image size {tuple(image.shape[-2:])} and label size {tuple(label.shape)} "
                     "differ; transform image and label together (e.g. with TrainTransform)."
                 )
+            self._check_label_ids(label, index)
             images.append(image)
             labels.append(label)
 
@@ -183,6 +184,24 @@ class CATSegTrainingCollator:
         batch = {"pixel_values": pixel_values, "labels": label_batch}
         batch.update(self.class_token_inputs)
         return batch
+
+    def _check_label_ids(self, label: torch.Tensor, index: int) -> None:
+        # The loss would count an id outside the vocabulary as background (the reference's one-hot fails on it):
+        # such labels are a data error, most often raw ids that needed `reduce_labels`.
+        input_ids = self.class_token_inputs.get("input_ids")
+        if input_ids is None:
+            return
+        num_classes = input_ids.shape[0]
+        outside = ((label < 0) | (label >= num_classes)) & (label != self.ignore_index)
+        if bool(outside.any()):
+            ids = torch.unique(label[outside]).tolist()
+            shown = ", ".join(str(i) for i in ids[:8]) + (", ..." if len(ids) > 8 else "")
+            raise ValueError(
+                f"Example {index}: label id(s) {shown} on {int(outside.sum())} pixel(s) are not among the "
+                f"{num_classes} training classes (ids 0..{num_classes - 1}) nor the ignore id {self.ignore_index}. "
+                "Give labels in the vocabulary's ids (raw ids 1..N with 0 for 'other' need reduce_labels, e.g. "
+                "--reduce_labels true)."
+            )
 
     def __repr__(self) -> str:
         return (

@@ -55,6 +55,7 @@ __all__ = [
     "infer_variant",
     "prepare_test_image",
     "prepare_label",
+    "check_annotation_ids",
     "predict_label_maps",
     "scoring_class_names",
     "evaluate_benchmark",
@@ -373,6 +374,38 @@ def predict_label_maps(
         )
 
 
+def check_annotation_ids(label: np.ndarray, benchmark: Union[str, Benchmark], index: Any = None) -> None:
+    """Stops with a message when an annotation holds ids the benchmark cannot score.
+
+    Every annotated id must be a class (``0 .. num_eval_labels - 1``) or the ignore id; ``mean_iou`` would drop any
+    other id silently, which is how a forgotten ``--reduce-labels`` (raw ADE20K ids are 1..150 with 0 for "other")
+    turns into an mIoU near zero with exit code 0.
+
+    Raises:
+        EvaluationSetupError: naming the offending ids, their pixel count, the example and the likely fix.
+    """
+    bench = get_benchmark(benchmark)
+    num_labels = bench.num_eval_labels
+    outside = (label < 0) | (label >= num_labels)
+    if bench.ignore_index is not None:
+        outside &= label != bench.ignore_index
+    if not outside.any():
+        return
+    ids = np.unique(label[outside])
+    shown = ", ".join(str(int(i)) for i in ids[:8]) + (", ..." if len(ids) > 8 else "")
+    where = f"example {index}" if index is not None else "an annotation"
+    hint = (
+        f" (raw ids 1..{num_labels} with 0 for 'other'? pass --reduce-labels {bench.key})"
+        if int(ids.max()) == num_labels
+        else ""
+    )
+    raise EvaluationSetupError(
+        f"{bench.display_name}: {where} has label id(s) {shown} on {int(outside.sum())} pixel(s), but the benchmark "
+        f"scores {num_labels} classes (ids 0..{num_labels - 1}) and ignores {bench.ignore_index}; give annotations in "
+        f"the benchmark's ids{hint}."
+    )
+
+
 def scoring_class_names(benchmark: Union[str, Benchmark], class_names: Sequence[str]) -> List[str]:
     """Names of the ``num_eval_labels`` scored classes: the prompted names, except that PAS-20b scores 20 VOC classes
     plus "background" (its 39 extra prompts are folded into it)."""
@@ -576,7 +609,8 @@ def evaluate_benchmark(
                 target_sizes=[label.shape for label in labels],
                 image_sizes=batch["image_sizes"],
             )
-            for prediction, label in zip(predictions, labels):
+            for index, prediction, label in zip(batch["indices"], predictions, labels):
+                check_annotation_ids(label, bench, index)
                 metric.update(bench.fold_predictions(prediction), torch.from_numpy(label).to(prediction.device))
             bar.update(len(labels))
     metric.reduce_across_processes()
