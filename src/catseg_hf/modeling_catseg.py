@@ -1053,12 +1053,13 @@ class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
         patch = self.config.clip_config.vision_config.patch_size
         grid_height, grid_width = height // patch, width // patch
         hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=True))
-        taps = []
+        block_outputs = []
         *blocks, last_block = vision.encoder.layers
-        for index, block in enumerate(blocks):
+        for block in blocks:
             hidden = block(hidden, None)
-            if index in self.config.guidance_layer_indices:
-                taps.append(hidden)
+            block_outputs.append(hidden)
+        # Taps in block order, a block named twice giving two taps, as the reference's forward hooks collect them.
+        taps = [block_outputs[index] for index in sorted(self.config.guidance_layer_indices)]
         dense = last_block.self_attn.out_proj(last_block.self_attn.v_proj(last_block.layer_norm1(hidden)))
         dense = dense + hidden[:, :1]
         dense = dense + last_block.mlp(last_block.layer_norm2(dense))
