@@ -1209,9 +1209,11 @@ class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
         view_class_embeddings = per_image_class_embeddings
         if views_per_image is not None:
             view_class_embeddings = per_image_class_embeddings.repeat_interleave(views_per_image, dim=0)
-        image_features = self.get_image_features(
-            views.to(self.dtype), output_hidden_states=output_hidden_states, output_attentions=output_attentions
-        )
+        # Only flags actually given: output capture reads an absent flag from the config, but takes a given None as
+        # "no", which would ignore `config.output_hidden_states` / `config.output_attentions`.
+        capture_flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+        capture_flags = {name: value for name, value in capture_flags.items() if value is not None}
+        image_features = self.get_image_features(views.to(self.dtype), **capture_flags)
         view_class_embeddings = view_class_embeddings.to(image_features.image_embeddings.dtype)
         cost_volume = compute_cost_volume(image_features.image_embeddings, view_class_embeddings)
         logits, selected = self.aggregate(image_features, view_class_embeddings, cost_volume)
