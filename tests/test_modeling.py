@@ -174,7 +174,8 @@ def test_hidden_states_and_attentions_of_the_vision_tower():
     torch.testing.assert_close(outputs.logits, plain.logits, atol=1e-5, rtol=0)
     assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], plain.logits)
     taps = model.get_image_features(pixel_values, output_hidden_states=True)
-    assert taps.pooler_output.shape == (2, 16) and torch.equal(taps.pooler_output, taps.last_hidden_state[:, 0])
+    assert taps.pooler_output.shape == (2, 16) and torch.equal(taps.pooler_output, taps.dense_embeddings[:, 0])
+    assert taps.last_hidden_state.shape == (2, 17, 32)  # the vision width, as CLIP's get_image_features
     torch.testing.assert_close(taps.hidden_states[1 + model.config.guidance_layer_indices[0]], taps.guidance_taps[0])
     as_tuple_features = model.get_image_features(pixel_values, return_dict=False)
     assert isinstance(as_tuple_features, tuple) and torch.equal(as_tuple_features[0], taps.last_hidden_state)
@@ -625,7 +626,7 @@ def test_image_features_one_view_at_a_time_equal_the_batch():
         batched = model.get_image_features(pixel_values)
     with torch.no_grad():
         per_view = model.get_image_features(pixel_values)
-    for name in ("last_hidden_state", "pooler_output", "image_embeddings"):
+    for name in ("last_hidden_state", "pooler_output", "dense_embeddings", "image_embeddings"):
         torch.testing.assert_close(getattr(per_view, name), getattr(batched, name).detach(), atol=1e-5, rtol=0)
     for per_view_map, batched_map in zip(
         per_view.guidance_taps + per_view.decoder_guidance, batched.guidance_taps + batched.decoder_guidance

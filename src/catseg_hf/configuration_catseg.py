@@ -166,6 +166,12 @@ class CATSegConfig(PretrainedConfig):
         return self.clip_config.projection_dim
 
     @property
+    def vision_config(self) -> PretrainedConfig:
+        """The CLIP vision tower's config (`clip_config.vision_config`), under the name transformers' generic code
+        looks for; `get_image_features` returns that tower's hidden states. Read-only: it is saved with `clip_config`."""
+        return self.clip_config.vision_config
+
+    @property
     def vision_width(self) -> int:
         return self.clip_config.vision_config.hidden_size
 

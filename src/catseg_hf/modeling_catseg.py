@@ -34,19 +34,23 @@ class CATSegImageFeatures(BaseModelOutputWithPooling):
     `BaseModelOutputWithPooling` (as CLIP's `get_image_features`) with CAT-Seg's dense fields.
 
     Args:
-        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + h * w, projection_dim)`):
-            Dense CLIP embeddings (class token first): the last vision block in CAT-Seg's dense mode, then the
-            post-LayerNorm and the visual projection applied to every token.
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + h * w, width)`):
+            Output of the last CLIP vision block, run in CAT-Seg's dense mode (class token first), before the
+            post-LayerNorm: the vision tower's last hidden state, as in CLIP's `get_image_features`.
         pooler_output (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
-            The class token of `last_hidden_state`.
+            The class token of `dense_embeddings` (post-LayerNorm and visual projection of the class token of
+            `last_hidden_state`, as in CLIP's `get_image_features`).
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
             The input embeddings and the outputs of the standard CLIP vision blocks (all but the last, which runs in
             dense mode and gives `last_hidden_state`), each `(batch_size, 1 + h * w, width)`.
         attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
             Attention weights of those blocks, each `(batch_size, num_heads, 1 + h * w, 1 + h * w)` (eager attention
             only, as in CLIP).
+        dense_embeddings (`torch.FloatTensor` of shape `(batch_size, 1 + h * w, projection_dim)`):
+            Dense CLIP embeddings (class token first): the post-LayerNorm and the visual projection applied to every
+            token of `last_hidden_state`.
         image_embeddings (`torch.FloatTensor` of shape `(batch_size, projection_dim, h, w)`):
-            `last_hidden_state` without the class token, as a feature map: the appearance guidance and the cost
+            `dense_embeddings` without the class token, as a feature map: the appearance guidance and the cost
             volume's image side.
         guidance_taps (`tuple(torch.FloatTensor)`):
             Outputs of the CLIP vision blocks named by `config.guidance_layer_indices`, each `(batch_size, 1 + h*w, width)`.
@@ -55,14 +59,10 @@ class CATSegImageFeatures(BaseModelOutputWithPooling):
             `(batch_size, 128, 4h, 4w)` for the released models.
     """
 
+    dense_embeddings: torch.FloatTensor | None = None
     image_embeddings: torch.FloatTensor | None = None
     guidance_taps: tuple[torch.FloatTensor, ...] | None = None
     decoder_guidance: tuple[torch.FloatTensor, ...] | None = None
-
-    @property
-    def dense_embeddings(self) -> torch.FloatTensor | None:
-        """The dense CLIP embeddings with class token (`last_hidden_state`)."""
-        return self.last_hidden_state
 
 
 @dataclass
@@ -1041,6 +1041,7 @@ class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
             return CATSegImageFeatures(
                 last_hidden_state=torch.cat([f.last_hidden_state for f in per_view]),
                 pooler_output=torch.cat([f.pooler_output for f in per_view]),
+                dense_embeddings=torch.cat([f.dense_embeddings for f in per_view]),
                 image_embeddings=torch.cat([f.image_embeddings for f in per_view]),
                 guidance_taps=tuple(torch.cat(taps) for taps in zip(*(f.guidance_taps for f in per_view))),
                 decoder_guidance=tuple(torch.cat(maps) for maps in zip(*(f.decoder_guidance for f in per_view))),
@@ -1060,18 +1061,19 @@ class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
             block_outputs.append(hidden)
         # Taps in block order, a block named twice giving two taps, as the reference's forward hooks collect them.
         taps = [block_outputs[index] for index in sorted(self.config.guidance_layer_indices)]
-        dense = last_block.self_attn.out_proj(last_block.self_attn.v_proj(last_block.layer_norm1(hidden)))
-        dense = dense + hidden[:, :1]
-        dense = dense + last_block.mlp(last_block.layer_norm2(dense))
-        dense = self.clip.visual_projection(vision.post_layernorm(dense))
+        last_hidden = last_block.self_attn.out_proj(last_block.self_attn.v_proj(last_block.layer_norm1(hidden)))
+        last_hidden = last_hidden + hidden[:, :1]
+        last_hidden = last_hidden + last_block.mlp(last_block.layer_norm2(last_hidden))
+        dense = self.clip.visual_projection(vision.post_layernorm(last_hidden))
         image_embeddings = dense[:, 1:].transpose(1, 2).reshape(batch, -1, grid_height, grid_width)
         decoder_guidance = tuple(
             upsample(tap[:, 1:].transpose(1, 2).reshape(batch, -1, grid_height, grid_width))
             for upsample, tap in zip(self.guidance_upsamplers, taps)
         )
         return CATSegImageFeatures(
-            last_hidden_state=dense,
+            last_hidden_state=last_hidden,
             pooler_output=dense[:, 0],
+            dense_embeddings=dense,
             image_embeddings=image_embeddings,
             guidance_taps=tuple(taps),
             decoder_guidance=decoder_guidance,
