@@ -902,6 +902,19 @@ class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
             if name in self.parameters_without_gradient:
                 parameter.requires_grad_(False)
 
+    def initialize_weights(self) -> None:
+        # transformers counts a model defined outside its package as custom code, and then takes a module whose own
+        # parameters are all initialised as initialised, which a module without parameters of its own vacuously is.
+        # CLIP's attention and MLP blocks, which initialise their child projections, would be skipped, so that CLIP
+        # weights missing from a checkpoint (or built on the meta device) got the generic init instead of CLIP's. The
+        # CLIP model is transformers' own: it initialises itself first, and what it initialised is skipped below. Both
+        # only touch weights that are not initialised (loaded) yet, so a fresh model's weights do not change.
+        self.clip.initialize_weights()
+        # CLIP sets its logit scale in its constructor only (CAT-Seg never uses it); a missing one would stay unset.
+        with torch.no_grad():
+            init.constant_(self.clip.logit_scale, self.config.clip_config.logit_scale_init_value)
+        super().initialize_weights()
+
     @property
     def parameters_without_gradient(self) -> tuple[str, ...]:
         """Names of CLIP parameters CAT-Seg never uses, so that they can never receive a gradient: CLIP's logit scale
