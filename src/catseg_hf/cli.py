@@ -2,44 +2,50 @@
 
 ```bash
 catseg-hf segment room.jpg photos/ --labels "wall,floor,sofa,lamp" --model catseg-base --out results
+catseg-hf demo --model catseg-base          # the web demo on http://127.0.0.1:7860
 ```
 
-For every image it writes, into `--out`:
+`segment` writes, for every image, into `--out`:
 
 - `NAME_labels.png`: the label map, one class id per pixel (indices into the label list; 8-bit, or 16-bit with more
   than 255 classes);
 - `NAME_overlay.png`: the image with the classes painted over it, and a legend of the classes present;
 - `NAME.json`: the fraction of the pixels of each class present, and the model, labels and mode used.
 
-`NAME` is the image's file name without extension (`-2`, `-3`, ... is appended when two inputs share one).
-The same entry point runs as `python -m catseg_hf.cli`.
+`NAME` is the image's file name without extension. `-2`, `-3`, ... is appended when two inputs share one, or when an
+output name is taken by an input file (the command says so): inputs are never overwritten, and other files already in
+`--out` only with `--overwrite`.
+
+The argument parser lives in the top-level module `catseg_hf_cli` (the console script's entry point), so that
+`catseg-hf --help` answers before torch loads; this module holds the commands. The same entry point runs as
+`python -m catseg_hf.cli`.
 """
 
 from __future__ import annotations
 
 import argparse
-import colorsys
 import json
-import math
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoProcessor
+
+from catseg_hf_cli import PROG, build_parser, main, model_reference_problem
 
 from .pipelines import default_vocabulary, load_image
+from .visualization import class_fractions, draw_overlay, label_map_image, palette
 from .vocabulary import Vocabulary
 
-PROG = "catseg-hf"
+
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
-OVERLAY_ALPHA = 0.5
-# Class names longer than this are shortened in the overlay legend (the JSON keeps them whole).
-LEGEND_MAX_NAME_CHARS = 40
+# The three files written for an image NAME: NAME + each suffix.
+OUTPUT_SUFFIXES = {"label_map": "_labels.png", "overlay": "_overlay.png", "record": ".json"}
 
 
 class CommandError(Exception):
@@ -51,69 +57,6 @@ class ImageError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `catseg-hf` (sub-command `segment`)."""
-    parser = argparse.ArgumentParser(prog=PROG, description="CAT-Seg open-vocabulary semantic segmentation.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    segment = commands.add_parser(
-        "segment",
-        help="label every pixel of images with one of the given class names",
-        description=(
-            "Segment images into the given classes. For each image, writes NAME_labels.png (class ids), "
-            "NAME_overlay.png (colours and a legend) and NAME.json (pixel fraction of each class present) into --out."
-        ),
-        epilog=(
-            "--labels is split on commas, so it cannot express a class with synonyms such as 'sofa, couch' (the "
-            "text encoder uses the first synonym; the name is kept whole in the outputs): write such names in a "
-            "--labels-file, one class per line or as a JSON list."
-        ),
-    )
-    segment.add_argument(
-        "images", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or directories (their image files, sorted)"
-    )
-    labels = segment.add_mutually_exclusive_group()
-    labels.add_argument(
-        "--labels",
-        help='comma-separated class names, e.g. "wall,floor,sofa" (with neither --labels nor --labels-file: the '
-        "model's default vocabulary, if it stores one)",
-    )
-    labels.add_argument(
-        "--labels-file",
-        type=Path,
-        metavar="FILE",
-        help="class names: a JSON list of strings, or one name per line (blank lines skipped)",
-    )
-    segment.add_argument(
-        "--model", required=True, metavar="DIR_OR_HUB_ID", help="a converted CAT-Seg folder or Hub repository"
-    )
-    segment.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created if needed)")
-    segment.add_argument(
-        "--mode",
-        choices=("sliding", "whole"),
-        default=None,
-        help="sliding window (the paper's protocol) or one whole-image view (faster); default: the processor's",
-    )
-    segment.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available, else cpu"
-    )
-    segment.add_argument(
-        "--prompt-template",
-        action="append",
-        dest="prompt_templates",
-        metavar="T",
-        help="a prompt template with one {} for the class name (repeatable; default: the model's)",
-    )
-    segment.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run the modelling code stored in the model folder instead of the installed catseg_hf",
-    )
-    segment.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
-    segment.set_defaults(handler=segment_command)
-    return parser
-
-
 def parse_labels(labels: str | None, labels_file: Path | None) -> list[str] | None:
     """The class names from `--labels` (comma-separated) or `--labels-file`; None when neither is given.
 
@@ -169,85 +112,69 @@ def expand_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     return files, errors
 
 
-# ---------------------------------------------------------------------------------------------------- drawing
-def palette(num_classes: int) -> np.ndarray:
-    """A deterministic colour per class id, `(num_classes, 3)` uint8.
+# ---------------------------------------------------------------------------------------------------- output names
+@dataclass(frozen=True)
+class OutputPlan:
+    """Where the results of one input image go."""
 
-    Hues step by the golden angle, so that neighbouring ids (often related classes) get distant hues and no two of
-    the first few hundred classes look alike; saturation and brightness alternate to separate close hues further.
+    image: Path
+    name: str
+    files: dict[str, Path]  # "label_map", "overlay", "record" -> path in --out
+    note: str | None = None  # why `name` is not the image's plain file name, if it is not
+
+
+def plan_outputs(images: Sequence[Path], out: Path, overwrite: bool = False) -> list[OutputPlan]:
+    """The output files of every image, decided before any is written.
+
+    An image `x.png` writes `x_labels.png`, `x_overlay.png` and `x.json`. Its name becomes `x-2`, `x-3`, ... (with a
+    note saying why) when an earlier image of the run took the name (compared case-insensitively, for file systems
+    that ignore case) or when one of its outputs would be an input file (e.g. an input `x_labels.png`): inputs are
+    never overwritten.
+
+    Raises:
+        CommandError: when outputs would replace files already in `out` (other than inputs, which are avoided) and
+            `overwrite` is not set; the message names them.
     """
-    golden = (math.sqrt(5.0) - 1.0) / 2.0
-    colours = np.empty((num_classes, 3), dtype=np.uint8)
-    for index in range(num_classes):
-        hue = (index * golden) % 1.0
-        saturation = (0.85, 0.6, 0.95)[index % 3]
-        value = (0.95, 0.8, 0.65)[(index // 3) % 3]
-        red, green, blue = colorsys.hsv_to_rgb(hue, saturation, value)
-        colours[index] = (round(red * 255), round(green * 255), round(blue * 255))
-    return colours
+    inputs = {_identity(path) for path in images}
+    used: set[str] = set()
+    plans = []
+    for image in images:
+        stem = image.stem
+        name, number, reasons = stem, 1, []
+        while True:
+            files = {kind: out / f"{name}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
+            if name.lower() in used:
+                reasons.append(f"another image of this run is named {name!r}")
+            else:
+                taken = [path for path in files.values() if _identity(path) in inputs]
+                if not taken:
+                    break
+                reasons.append(f"{taken[0]} is an input")
+            number += 1
+            name = f"{stem}-{number}"
+        used.add(name.lower())
+        note = None
+        if reasons:
+            note = f"writing its results as {name}_labels.png, {name}_overlay.png and {name}.json ({reasons[0]})"
+        plans.append(OutputPlan(image=image, name=name, files=files, note=note))
+
+    if not overwrite:
+        existing = [path for plan in plans for path in plan.files.values() if path.exists() or path.is_symlink()]
+        if existing:
+            listed = ", ".join(str(path) for path in existing[:3]) + (
+                f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+            )
+            raise CommandError(
+                f"{len(existing)} output file(s) already exist: {listed}. Pass --overwrite to replace them (input "
+                "files are never replaced), or choose another --out."
+            )
+    return plans
 
 
-def label_map_image(label_map: np.ndarray, num_classes: int) -> Image.Image:
-    """The label map as a PNG-ready image: 8-bit ("L") for up to 255 classes, 16-bit ("I;16") above.
-
-    255 is left out of the 8-bit range on purpose: it is the usual "ignore" id of segmentation datasets.
-    """
-    if num_classes > 65536:
-        raise CommandError(f"{num_classes} classes do not fit a 16-bit label map; use at most 65536 classes.")
-    dtype = np.uint16 if num_classes > 255 else np.uint8
-    return Image.fromarray(np.ascontiguousarray(label_map.astype(dtype)))
-
-
-def class_fractions(label_map: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
-    """Fraction of the pixels of each class present, `{name: fraction}` in class-id order."""
-    counts = np.bincount(label_map.reshape(-1), minlength=len(labels))
-    total = int(label_map.size)
-    return {labels[index]: int(count) / total for index, count in enumerate(counts) if count}
-
-
-def draw_overlay(image: Image.Image, label_map: np.ndarray, labels: Sequence[str]) -> Image.Image:
-    """The image with each pixel's class colour blended in, over a legend of the classes present.
-
-    The legend lists the classes present in class-id order (colour swatch, name, percentage of the pixels), in as
-    many columns as fit the image width, drawn with PIL's default font.
-    """
-    colours = palette(len(labels))
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    blended = pixels * (1.0 - OVERLAY_ALPHA) + colours[label_map].astype(np.float32) * OVERLAY_ALPHA
-    overlay = Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
-
-    fractions = class_fractions(label_map, labels)
-    ids = {name: index for index, name in enumerate(labels)}
-    entries = [(ids[name], f"{_shorten(name)} ({100.0 * fraction:.1f}%)") for name, fraction in fractions.items()]
-
-    font = ImageFont.load_default()
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_height = max(1, measure.textbbox((0, 0), "Ag", font=font)[3])
-    row_height = text_height + 8
-    swatch = text_height
-    margin, gap = 8, 16
-    widths = [swatch + 6 + int(measure.textlength(text, font=font)) for _, text in entries]
-    column_width = max(widths) + gap
-    width = max(overlay.width, column_width + 2 * margin)
-    columns = max(1, min(len(entries), (width - 2 * margin) // column_width))
-    rows = math.ceil(len(entries) / columns)
-
-    canvas = Image.new("RGB", (width, overlay.height + rows * row_height + 2 * margin), "white")
-    canvas.paste(overlay, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for position, (class_id, text) in enumerate(entries):
-        # Column-major, so the legend reads down like a list.
-        column, row = divmod(position, rows)
-        left = margin + column * column_width
-        top = overlay.height + margin + row * row_height
-        colour = tuple(int(c) for c in colours[class_id])
-        draw.rectangle((left, top, left + swatch, top + swatch), fill=colour, outline=(0, 0, 0))
-        draw.text((left + swatch + 6, top), text, fill=(0, 0, 0), font=font)
-    return canvas
-
-
-def _shorten(name: str) -> str:
-    return name if len(name) <= LEGEND_MAX_NAME_CHARS else name[: LEGEND_MAX_NAME_CHARS - 3] + "..."
+def _identity(path: Path) -> str:
+    # The resolved path (symbolic links followed), lower-cased: a clash on a case-insensitive file system is treated
+    # as a clash everywhere, which at worst renames an output needlessly.
+    return os.path.normcase(str(path.resolve())).lower()
 
 
 # ---------------------------------------------------------------------------------------------------- segment
@@ -256,8 +183,11 @@ def segment_command(args: argparse.Namespace) -> int:
     # The cheap checks first, so that a typo does not wait for the model to load.
     labels = parse_labels(args.labels, args.labels_file)
     images, input_errors = expand_inputs(args.images)
-    device = _resolve_device(args.device)
-    model, processor = _load_model(args.model, args.trust_remote_code, device)
+    if args.out.exists() and not args.out.is_dir():
+        raise CommandError(f"--out {str(args.out)!r} is a file, not a directory.")
+    plans = plan_outputs(images, args.out, overwrite=args.overwrite)
+    device = resolve_device(args.device)
+    model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code, device=device)
     if labels is None:
         # A model folder with a default vocabulary (catseg_hf.pipelines.set_default_vocabulary) needs no labels.
         try:
@@ -291,18 +221,19 @@ def segment_command(args: argparse.Namespace) -> int:
 
     for message in input_errors:
         _report(message)
+    for plan in plans:
+        if plan.note and not args.quiet:
+            tqdm.write(f"{PROG}: note: {plan.image}: {plan.note}", file=sys.stderr)
     failures = len(input_errors)
     succeeded = 0
-    used_names: set[str] = set()
     # disable=None: tqdm draws the bar on terminals only, not into logs and pipes.
-    show_progress = not args.quiet and len(images) > 1
-    for path in tqdm(images, desc="Segmenting", unit="image", disable=None if show_progress else True):
-        name = _unique_name(path.stem, used_names)
+    show_progress = not args.quiet and len(plans) > 1
+    for plan in tqdm(plans, desc="Segmenting", unit="image", disable=None if show_progress else True):
         try:
-            _segment_one(path, name, model, processor, vocabulary, templates, mode, args.model, args.out, device)
+            _segment_one(plan, model, processor, vocabulary, templates, mode, args.model, device)
             succeeded += 1
         except ImageError as error:
-            _report(f"{path}: {error}")
+            _report(f"{plan.image}: {error}")
             failures += 1
     if not args.quiet:
         summary = f"Segmented {succeeded} of {len(images)} image(s) into {args.out}"
@@ -311,24 +242,26 @@ def segment_command(args: argparse.Namespace) -> int:
 
 
 def _segment_one(
-    path: Path,
-    name: str,
+    plan: OutputPlan,
     model: Any,
     processor: Any,
     vocabulary: Vocabulary,
     templates: list[str],
     mode: str,
     model_id: str,
-    out: Path,
     device: torch.device,
 ) -> None:
-    image = _read_image(path)
+    image = _read_image(plan.image)
     labels = list(vocabulary.class_names)
     size = (image.height, image.width)
-    inputs = processor.image_processor(image, mode=mode, return_tensors="pt")
+    try:
+        inputs = processor.image_processor(image, mode=mode, return_tensors="pt")
+    except (TypeError, ValueError) as error:
+        raise ImageError(f"cannot process the image ({_one_line(error)})") from error
     try:
         with torch.inference_mode():
-            outputs = model(pixel_values=inputs["pixel_values"].to(device), class_embeddings=vocabulary.class_embeddings)
+            pixel_values = inputs["pixel_values"].to(device)
+            outputs = model(pixel_values=pixel_values, class_embeddings=vocabulary.class_embeddings)
             label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[size], image_sizes=[size])
             label_map = label_map[0].cpu().numpy()
     except torch.OutOfMemoryError as error:
@@ -337,25 +270,26 @@ def _segment_one(
             "classes or --device cpu"
         ) from error
 
-    files = {"label_map": f"{name}_labels.png", "overlay": f"{name}_overlay.png"}
+    names = {kind: path.name for kind, path in plan.files.items() if kind != "record"}
     record = {
-        "image": str(path),
+        "image": str(plan.image),
         "image_size": [image.height, image.width],
         "model": model_id,
         "mode": mode,
         "prompt_templates": templates,
         "labels": labels,
-        **files,
+        **names,
         "fractions": class_fractions(label_map, labels),
     }
     try:
-        label_map_image(label_map, len(labels)).save(out / files["label_map"])
-        draw_overlay(image, label_map, labels).save(out / files["overlay"])
-        with open(out / f"{name}.json", "w", encoding="utf-8") as handle:
+        label_map_image(label_map, len(labels)).save(plan.files["label_map"])
+        draw_overlay(image, label_map, labels).save(plan.files["overlay"])
+        with open(plan.files["record"], "w", encoding="utf-8") as handle:
             json.dump(record, handle, indent=2, ensure_ascii=False)
             handle.write("\n")
     except OSError as error:
-        raise ImageError(f"cannot write the results into {str(out)!r}: {_one_line(error)}") from error
+        folder = str(plan.files["record"].parent)
+        raise ImageError(f"cannot write the results into {folder!r}: {_one_line(error)}") from error
 
 
 def _read_image(path: Path) -> Image.Image:
@@ -366,18 +300,64 @@ def _read_image(path: Path) -> Image.Image:
         raise ImageError(f"cannot read the image ({_one_line(error)})") from error
 
 
-def _load_model(model_id: str, trust_remote_code: bool, device: torch.device) -> tuple[Any, Any]:
+# ---------------------------------------------------------------------------------------------------- demo
+def demo_command(args: argparse.Namespace) -> int:
+    """Runs `catseg-hf demo`: the Gradio web demo, until interrupted."""
+    try:
+        from . import demo
+    except ImportError as error:
+        raise CommandError(
+            f"the demo needs gradio ({_one_line(error)}); install it with: pip install 'catseg-hf[demo]'"
+        ) from error
+    device = resolve_device(args.device)
+    model_id = args.model
+    if model_id is None:
+        model_id = demo.default_model_path()
+        if model_id is None:
+            raise CommandError(
+                "no --model given, and the tiny example model (examples/tiny-shapes-catseg of the catseg-hf "
+                "repository) is not beside this installation; give --model DIR_OR_HUB_ID."
+            )
+    model, processor = load_model(str(model_id), trust_remote_code=args.trust_remote_code, device=device)
+    app = demo.build_demo(model, processor, model_name=str(args.model or model_id), is_example_model=args.model is None)
+    try:
+        demo.launch(app, host=args.host, port=args.port)
+    except OSError as error:
+        raise CommandError(f"cannot serve on {args.host}:{args.port}: {_one_line(error)}") from error
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- shared
+def load_model(model_id: str, trust_remote_code: bool = False, device: torch.device | str = "cpu") -> tuple[Any, Any]:
+    """The CAT-Seg model (eval mode, on `device`) and processor of a local folder or Hub repository.
+
+    A name that is not a local folder is looked up on the Hub; if that fails, the message says both (no local folder
+    of that name, and why the Hub lookup failed), so that a mistyped path is not reported as a Hub problem only.
+
+    Raises:
+        CommandError: the model cannot be loaded, or is not a CAT-Seg model.
+    """
     # catseg_hf (imported with this module) registers the "catseg" type with the Auto classes, so CAT-Seg folders
     # load with the installed code; the code copied into a folder runs only with --trust-remote-code.
+    from transformers import AutoModel, AutoProcessor
+
+    problem = model_reference_problem(model_id)
+    if problem is not None:
+        raise CommandError(problem)
     local = Path(model_id).expanduser()
-    if (local.is_absolute() or model_id.startswith((".", "~"))) and not local.is_dir():
-        # transformers would report a missing local folder as an invalid Hub repository id.
-        raise CommandError(f"the model folder {model_id!r} does not exist.")
+    if not local.is_dir() and not _hub_offline():
+        # Without network, the Hub client retries for half a minute: say what is going on meanwhile.
+        print(f"{PROG}: no local folder {model_id!r}; looking it up on the Hub ...", file=sys.stderr)
     try:
         model = AutoModel.from_pretrained(model_id, trust_remote_code=trust_remote_code)
         processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as error:
-        raise CommandError(f"cannot load the model {model_id!r}: {_one_line(error)}") from error
+        if local.is_dir():
+            raise CommandError(f"cannot load the model folder {model_id!r}: {_one_line(error)}") from error
+        raise CommandError(
+            f"cannot load the model {model_id!r}: no local folder of that name exists (in {Path.cwd()}), and the "
+            f"Hub lookup failed{_offline_note()}: {_one_line(error)}"
+        ) from error
     if not hasattr(model, "get_class_embeddings") or not hasattr(processor, "encode_class_names"):
         raise CommandError(
             f"{model_id!r} is not a CAT-Seg model folder (got {type(model).__name__} and {type(processor).__name__}); "
@@ -386,23 +366,23 @@ def _load_model(model_id: str, trust_remote_code: bool, device: torch.device) ->
     return model.to(device).eval(), processor
 
 
-def _resolve_device(name: str) -> torch.device:
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _offline_note() -> str:
+    return " (offline mode, HF_HUB_OFFLINE=1: only the local cache was searched)" if _hub_offline() else ""
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` (cuda when available, else cpu), `cpu` or `cuda` as a torch device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise CommandError("--device cuda: no CUDA device is available; use --device cpu (or auto).")
     return torch.device(name)
-
-
-def _unique_name(stem: str, used: set[str]) -> str:
-    """`stem`, or `stem-2`, `stem-3`, ... if an earlier image of this run took it (case-insensitively, for file
-    systems that ignore case)."""
-    candidate, number = stem, 1
-    while candidate.lower() in used:
-        number += 1
-        candidate = f"{stem}-{number}"
-    used.add(candidate.lower())
-    return candidate
 
 
 def _one_line(error: BaseException) -> str:
@@ -416,18 +396,32 @@ def _report(message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- entry point
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `catseg-hf` command; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
+COMMANDS = {"segment": segment_command, "demo": demo_command}
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Runs the command of parsed arguments (see `catseg_hf_cli.main`); returns the exit code."""
     try:
-        return args.handler(args)
+        return COMMANDS[args.handler](args)
     except CommandError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+
+
+__all__ = [
+    "CommandError",
+    "ImageError",
+    "OutputPlan",
+    "build_parser",
+    "expand_inputs",
+    "load_model",
+    "main",
+    "palette",
+    "parse_labels",
+    "plan_outputs",
+    "resolve_device",
+    "run_command",
+]
 
 
 if __name__ == "__main__":
