@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
-import warnings
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +257,157 @@ def test_numpy_return_tensors(processor) -> None:
     assert out["pixel_values"].shape == (1, 5, 3, 384, 384)
 
 
+# --------------------------------------------------------------------------------------------------- errors and limits
+def _with_non_finite(kind: str, bad: float) -> object:
+    array = _random_uint8(12, 20).astype(np.float32)
+    array[3, 4, 1] = bad  # one value of one pixel
+    array[7, 0, :] = bad  # all values of another
+    if kind == "numpy64":
+        return array.astype(np.float64)
+    if kind == "torch16":
+        return torch.from_numpy(array).permute(2, 0, 1).half()
+    if kind == "torch":
+        return torch.from_numpy(array).permute(2, 0, 1)
+    if kind == "pil_f":
+        return Image.fromarray(array[..., 1])
+    return array
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("kind", ["numpy", "numpy64", "torch", "torch16", "pil_f"])
+@pytest.mark.parametrize("mode", ["whole", "sliding"])
+def test_non_finite_pixels_are_refused(processor, kind: str, bad: float, mode: str) -> None:
+    image = _with_non_finite(kind, bad)
+    match = "Image 1 of the batch: 2 of its 240 pixels are NaN or infinite.*row 3, column 4"
+    with pytest.raises(ValueError, match=match):
+        processor([_random_uint8(8, 8), image], mode=mode)
+
+
+def test_non_finite_values_beyond_float32_and_in_dropped_channels(processor) -> None:
+    huge = _random_uint8(6, 7).astype(np.float64)
+    huge[2, 3, 0] = 1e300  # finite in float64, infinite once in float32
+    with pytest.raises(ValueError, match="Image 0 of the batch: 1 of its 42 pixels are NaN or infinite"):
+        processor(huge)
+    # Only the channels that are used count: a NaN alpha is dropped with the alpha.
+    rgba = np.concatenate([_random_uint8(6, 7), np.full((6, 7, 1), 9)], axis=-1).astype(np.float32)
+    reference = processor(rgba[..., :3], mode="whole")["pixel_values"]
+    rgba[..., 3] = np.nan
+    assert torch.equal(processor(rgba, mode="whole")["pixel_values"], reference)
+    with pytest.raises(ValueError, match="42 of its 42 pixels"):
+        processor(rgba, mode="whole", do_convert_rgb=False, image_mean=[0.0] * 4, image_std=[1.0] * 4)
+
+
+def test_images_above_the_pixel_limit_are_refused(processor) -> None:
+    # 20000 x 20000 x 3 bytes that take no memory: the refusal must come before any copy of it.
+    huge = np.broadcast_to(np.uint8(7), (20000, 20000, 3))
+    for mode in ("whole", "sliding"):
+        with pytest.raises(ValueError, match=r"Image 0 of the batch: The image is 20000x20000 pixels \(400.0 megap"):
+            processor(huge, mode=mode)
+    with pytest.raises(ValueError, match=r"max_image_pixels=100000000 \(100 megapixels\).*Downscale it"):
+        processor(torch.zeros(3, 1, 1, dtype=torch.uint8).expand(3, 20000, 20000))
+    # The limit is a setting (per call or of the processor, saved with it); 0 means no limit.
+    pil = Image.fromarray(_random_uint8(50, 100))
+    with pytest.raises(ValueError, match=r"100x50 pixels .*max_image_pixels=4999"):
+        processor(pil, max_image_pixels=4999)
+    assert processor(pil, max_image_pixels=5000)["pixel_values"].shape == (1, 5, 3, 384, 384)
+    small_limit = CATSegImageProcessor(max_image_pixels=100)
+    with pytest.raises(ValueError, match="max_image_pixels=100 "):
+        small_limit(_random_uint8(10, 11))
+    assert small_limit(_random_uint8(10, 11), max_image_pixels=0)["pixel_values"][0].shape == (5, 3, 384, 384)
+    assert CATSegImageProcessor.max_image_pixels == ipmod.DEFAULT_MAX_IMAGE_PIXELS == 100_000_000
+    with pytest.raises(ValueError, match="max_image_pixels must be >= 0.*-1"):
+        CATSegImageProcessor(max_image_pixels=-1)
+
+
+_PEAK_MEMORY_SCRIPT = """
+import resource, sys
+import numpy as np
+from catseg_hf import CATSegImageProcessor
+
+mode, height, width = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+processor = CATSegImageProcessor(return_tensors="pt")
+processor(np.zeros((40, 50, 3), np.uint8), mode=mode)  # load the kernels before measuring
+row = np.random.default_rng(0).integers(0, 256, size=(1, width, 3), dtype=np.uint8)
+image = np.broadcast_to(row, (height, width, 3))  # the input itself takes no memory
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+processor(image, mode=mode)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss is in KiB on Linux")
+@pytest.mark.parametrize("mode", ["whole", "sliding"])
+def test_peak_memory_is_one_float32_copy(mode: str) -> None:
+    # A fresh process, so that the high-water mark of resident memory is this image's. The float32 RGB copy of a
+    # 3000 x 4000 image is 144 MB; the official chain of out-of-place operations held four of them in whole mode.
+    height, width = 3000, 4000
+    float_copy = 12 * height * width
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_MEMORY_SCRIPT, mode, str(height), str(width)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    growth = int(result.stdout.split()[-1]) * 1024
+    assert growth < 1.25 * float_copy + 48 * 2**20, f"peak grew by {growth / 2**20:.0f} MiB"
+
+
+def test_pil_modes(processor) -> None:
+    gray = _random_uint8(19, 23, channels=1)[..., 0]
+    gray_as_rgb = processor(np.repeat(gray[..., None], 3, axis=-1), mode="whole")["pixel_values"]
+    alpha = np.full_like(gray, 255)
+    la = Image.fromarray(np.stack([gray, alpha], axis=-1), "LA")
+    # "La" (premultiplied alpha): with an opaque alpha the gray values are the image's.
+    for image in (la, la.convert("La"), Image.fromarray(gray).convert("PA")):
+        assert torch.equal(processor(image, mode="whole")["pixel_values"], gray_as_rgb), image.mode
+    translucent = Image.fromarray(np.stack([gray, np.full_like(gray, 128)], axis=-1), "LA").convert("La")
+    expected = processor(translucent.convert("LA"), mode="whole")["pixel_values"]
+    assert torch.equal(processor(translucent, mode="whole")["pixel_values"], expected)
+
+    rgb = _random_uint8(19, 23)
+    palette = Image.fromarray(rgb).convert("P")
+    palette.info["transparency"] = 0
+    expected = processor(palette.convert("RGBA"), mode="whole")["pixel_values"]
+    assert torch.equal(processor(palette, mode="whole")["pixel_values"], expected)
+    binary = Image.fromarray(gray > 100)
+    assert binary.mode == "1"
+    expected = processor(np.where(gray > 100, 255, 0).astype(np.uint8), mode="whole")["pixel_values"]
+    assert torch.equal(processor(binary, mode="whole")["pixel_values"], expected)
+
+
+def test_sixteen_bit_png_keeps_its_range(processor, tmp_path: Path) -> None:
+    # A 16-bit PNG as PIL saves one: its values are divided by 257 onto 0-255, not clipped to 255.
+    values = np.linspace(0, 65535, 24 * 24).round().astype(np.uint16).reshape(24, 24)
+    Image.fromarray(values).save(tmp_path / "sixteen.png")
+    loaded = Image.open(tmp_path / "sixteen.png")
+    assert loaded.mode in ("I;16", "I")
+    # Whole mode at the image's own size and without normalisation returns the pixels themselves.
+    out = processor(loaded, mode="whole", clip_resolution=24, size_divisibility=0, do_normalize=False)
+    expected = torch.from_numpy(values.astype(np.float32) / np.float32(257.0))
+    assert torch.equal(out["pixel_values"][0], expected.expand(3, -1, -1))
+    assert out["pixel_values"].max() == 255.0 and (out["pixel_values"] < 1.0).any()
+    assert 0.4 < (out["pixel_values"] < 127.5).float().mean() < 0.6
+
+
+@pytest.mark.parametrize(
+    "images, error, match",
+    [
+        ([], ValueError, r"No image given \(images=\[\]\)"),
+        ([[], []], ValueError, r"No image given \(images=\[\[\], \[\]\]\)"),
+        ((), ValueError, r"images=\(\)"),
+        (5, TypeError, r"Image 0 of the batch: Unsupported image type int \(5\)"),
+        (None, TypeError, r"Unsupported image type NoneType \(None\)"),
+        ("cat.png", TypeError, r"Unsupported image type str \('cat.png'\)"),
+        (np.zeros((0, 4, 3), np.uint8), ValueError, r"Empty image of shape \(0, 4, 3\)"),
+        (np.zeros((4, 4, 3), np.complex64), TypeError, "dtype complex64"),
+    ],
+)
+def test_empty_and_wrong_inputs_name_the_value(processor, images, error, match) -> None:
+    with pytest.raises(error, match=match):
+        processor(images)
+
+
 # ------------------------------------------------------------------------------------------------- settings (kwargs)
 def test_rescale_normalize_and_data_format(processor) -> None:
     image = _random_uint8(21, 34)
@@ -392,8 +545,24 @@ def test_post_processing_errors(processor) -> None:
     for bad in (float("nan"), float("inf")):
         broken = logits.clone()
         broken[1, 2, 3, 4] = bad
-        with pytest.raises(ValueError, match="NaN or infinite"):
+        with pytest.raises(ValueError, match=r"1 NaN or infinite value\(s\) of 6912 \(in image\(s\) \[1\]"):
             processor.post_process_semantic_segmentation(broken)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 24, 24), (2, 5, 4, 24, 24)])
+def test_all_nan_logits_give_no_label_map(processor, shape) -> None:
+    # Never a confident-looking map of class 0.
+    logits = torch.full(shape, float("nan"))
+    with pytest.raises(ValueError, match=rf"{logits.numel()} NaN or infinite value\(s\).*\[0, 1\]"):
+        processor.post_process_semantic_segmentation(logits, return_segmentation_scores=True)
+
+
+def test_wrong_number_of_views_names_both(processor) -> None:
+    with pytest.raises(ValueError, match="hold 4 views per image.*sliding_stride=256\\) has 5"):
+        processor.post_process_semantic_segmentation(_fake_logits((1, 4, 3, 24, 24)))
+    small = CATSegImageProcessor(sliding_canvas_size=96, sliding_tile_size=64, sliding_stride=16)
+    with pytest.raises(ValueError, match="hold 5 views per image.*sliding_stride=16\\) has 10"):
+        small.post_process_semantic_segmentation(_fake_logits((1, 5, 3, 24, 24)))
 
 
 def test_return_probabilities_is_deprecated(processor) -> None:

@@ -6,7 +6,7 @@ into saved model folders so that they load with `trust_remote_code=True` where `
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,12 @@ _POSTPROCESS_CHUNK_ELEMENTS = 8 * 1024 * 1024
 # are bit-identical to unchunked ones (tests/test_image_processing.py).
 _POSTPROCESS_CHUNK_ALIGN = 16
 _PIL_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# Images are converted to float32 this many pixels at a time where the input allows it (PIL images, band by band),
+# so that no full-resolution temporary besides the float32 image itself is made.
+_LOAD_BAND_PIXELS = 4 * 1024 * 1024
+# Default of `max_image_pixels`: a float32 RGB copy of an image this large is 1.2 GB. PIL's own decompression-bomb
+# limit (89 megapixels warns, 179 refuse) protects only images loaded through PIL; this one protects the arrays.
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 
 # transformers' `ImagesKwargs` that CAT-Seg's fixed recipe has no use for, with what to use instead. Giving one of them
 # a value raises instead of silently doing nothing.
@@ -54,7 +60,14 @@ _UNSUPPORTED_IMAGES_KWARGS = {
 }
 # Keys that `save_pretrained` / `from_pretrained` add to a saved configuration.
 _CONFIG_BOOKKEEPING_KEYS = ("image_processor_type", "auto_map", "processor_class", "feature_extractor_type")
-_INT_SETTINGS = ("clip_resolution", "size_divisibility", "sliding_canvas_size", "sliding_tile_size", "sliding_stride")
+_INT_SETTINGS = (
+    "clip_resolution",
+    "size_divisibility",
+    "sliding_canvas_size",
+    "sliding_tile_size",
+    "sliding_stride",
+    "max_image_pixels",
+)
 _RETURN_TENSORS = (None, "pt", "np")
 _DATA_FORMATS = ("channels_first", "channels_last")
 
@@ -73,6 +86,8 @@ class CATSegImageProcessorKwargs(ImagesKwargs, total=False):
         Side of the sliding-window tiles and of the global view.
     sliding_stride (`int`, *optional*, defaults to `self.sliding_stride`):
         Stride of the sliding window.
+    max_image_pixels (`int`, *optional*, defaults to `self.max_image_pixels`):
+        Largest image (height x width) processed; larger ones are refused. 0: no limit.
     """
 
     clip_resolution: int
@@ -81,6 +96,7 @@ class CATSegImageProcessorKwargs(ImagesKwargs, total=False):
     sliding_canvas_size: int
     sliding_tile_size: int
     sliding_stride: int
+    max_image_pixels: int
 
 
 class CATSegImageProcessor(BaseImageProcessor):
@@ -120,6 +136,10 @@ class CATSegImageProcessor(BaseImageProcessor):
             Side of the tiles and of the global view.
         sliding_stride (`int`, *optional*, defaults to 256):
             Stride of the tiles (the official `int(384 * (1 - 0.333))`). `canvas - tile` must be a multiple of it.
+        max_image_pixels (`int`, *optional*, defaults to 100_000_000):
+            Images with more pixels (height x width) than this are refused with an error instead of processed:
+            processing holds one float32 copy of the image at full resolution (12 bytes per pixel for RGB, 1.2 GB at
+            the limit). Downscale larger images first, or raise the limit; 0: no limit.
         do_convert_rgb (`bool`, *optional*, defaults to `True`):
             Whether to convert every image to 3 channels (grayscale replicated, alpha dropped). With `False` the
             channels are kept as given, and `image_mean`/`image_std` must have one value per channel (or one).
@@ -155,6 +175,7 @@ class CATSegImageProcessor(BaseImageProcessor):
     sliding_canvas_size = 640
     sliding_tile_size = 384
     sliding_stride = 256
+    max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
     do_convert_rgb = True
     do_rescale = False
     rescale_factor = 1 / 255
@@ -198,7 +219,8 @@ class CATSegImageProcessor(BaseImageProcessor):
                 The images; sizes may differ (each image is processed on its own). Arrays may be HWC or CHW
                 (`input_data_format` settles ambiguous shapes; numpy defaults to HWC, torch to CHW), a 4-D array is
                 a batch. Pixel values are on the 0-255 scale: uint8 as is, uint16 (and 16-bit PIL modes) divided by
-                257, floats and other integers taken as 0-255.
+                257, floats and other integers taken as 0-255. Float images with a NaN or infinite value are refused,
+                and so are images above `max_image_pixels`.
             kwargs ([`CATSegImageProcessorKwargs`], *optional*):
                 Per-call overrides of any setting of the processor (see the class docstring), e.g. `mode="whole"`,
                 and `return_tensors`.
@@ -212,22 +234,31 @@ class CATSegImageProcessor(BaseImageProcessor):
         settings = self._resolve_settings(kwargs, f"{type(self).__name__}.preprocess()")
         image_list = _as_image_list(images)
         if not image_list:
-            raise ValueError("No image given: pass a PIL image, a numpy array, a torch tensor, or a non-empty list.")
+            raise ValueError(
+                f"No image given (images={_short_repr(images)}): pass a PIL image, a numpy array, a torch tensor, or a "
+                "non-empty list of them."
+            )
 
         device = torch.device(settings["device"]) if settings["device"] is not None else torch.device("cpu")
+        whole = settings["mode"] == "whole"
         views = []
         for index, image in enumerate(image_list):
             try:
-                pixels = _to_float_chw(image, settings["input_data_format"], settings["do_convert_rgb"])
+                pixels, image_size = _load_image(
+                    image,
+                    settings["input_data_format"],
+                    settings["do_convert_rgb"],
+                    max_pixels=settings["max_image_pixels"],
+                    # Whole mode pads after normalising; the zeros are written here, normalisation skips them.
+                    size_divisibility=settings["size_divisibility"] if whole else 0,
+                )
                 mean, std = _normalisation(settings, pixels.shape[0], device)
             except (TypeError, ValueError) as err:
                 raise type(err)(f"Image {index} of the batch: {err}") from err
             pixels = pixels.to(device)
             scale = settings["rescale_factor"] if settings["do_rescale"] else None
-            if settings["mode"] == "whole":
-                image_views = _whole_view(
-                    pixels, scale, mean, std, settings["size_divisibility"], settings["clip_resolution"]
-                )[0]
+            if whole:
+                image_views = _whole_view(pixels, image_size, scale, mean, std, settings["clip_resolution"])[0]
             else:
                 image_views = _sliding_views(
                     pixels,
@@ -301,6 +332,7 @@ class CATSegImageProcessor(BaseImageProcessor):
             canvas=settings["sliding_canvas_size"],
             tile=settings["sliding_tile_size"],
             stride=settings["sliding_stride"],
+            max_image_pixels=settings["max_image_pixels"],
         )
         if settings["do_rescale"] and settings["rescale_factor"] is None:
             raise ValueError("do_rescale=True needs a rescale_factor.")
@@ -390,9 +422,13 @@ class CATSegImageProcessor(BaseImageProcessor):
                 f"num_classes, height, width) for sliding mode, got shape {tuple(logits.shape)}."
             )
         if not bool(torch.isfinite(logits).all()):
+            # A sigmoid of NaN is NaN, and an arg-max over NaN picks class 0 everywhere: a confident-looking map.
+            non_finite = (~torch.isfinite(logits)).flatten(1).sum(dim=1)
+            images = non_finite.nonzero().flatten().tolist()
             raise ValueError(
-                "The logits contain NaN or infinite values, so no segmentation can be read from them; check the "
-                "model's inputs and dtype (e.g. float16 overflow)."
+                f"The logits contain {int(non_finite.sum())} NaN or infinite value(s) of {logits.numel()} (in "
+                f"image(s) {images[:10]}{' ...' if len(images) > 10 else ''} of the batch), so no segmentation can "
+                "be read from them; check the model's inputs and dtype (e.g. float16 overflow)."
             )
 
         num_images = logits.shape[0]
@@ -439,6 +475,7 @@ def _validate_settings(
     canvas: int,
     tile: int,
     stride: int,
+    max_image_pixels: int = 0,
 ) -> None:
     if mode not in PROCESSING_MODES:
         raise ValueError(f"mode must be one of {PROCESSING_MODES}, got {mode!r}.")
@@ -452,6 +489,8 @@ def _validate_settings(
         raise ValueError(f"image_std values must be positive, got {image_std}.")
     if size_divisibility < 0:
         raise ValueError(f"size_divisibility must be >= 0 (0 or 1: no padding), got {size_divisibility}.")
+    if max_image_pixels < 0:
+        raise ValueError(f"max_image_pixels must be >= 0 (0: no limit), got {max_image_pixels}.")
     if mode == "sliding":
         if min(canvas, tile, stride) <= 0 or tile > canvas:
             raise ValueError(
@@ -496,6 +535,16 @@ def _rescale_and_normalise(
     return pixels
 
 
+def _rescale_and_normalise_(
+    pixels: torch.Tensor, scale: float | None, mean: torch.Tensor | None, std: torch.Tensor | None
+) -> None:
+    """`_rescale_and_normalise` in place: the same elementwise operations, so the same values."""
+    if scale is not None:
+        pixels.mul_(scale)
+    if mean is not None:
+        pixels.sub_(mean).div_(std)
+
+
 def _as_image_list(images: Any) -> list[Any]:
     """A flat list of single images; 4-D arrays/tensors are batches."""
     if isinstance(images, (list, tuple)):
@@ -528,117 +577,219 @@ def _channels_first(shape: Sequence[int], prefer_first: bool, input_data_format:
     )
 
 
-def _pil_to_array(image: Image.Image) -> np.ndarray:
-    """A PIL image as an (H, W) or (H, W, C) array on the 0-255 scale (float for 16-bit data)."""
-    mode = image.mode
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters, for naming a bad argument in a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _pil_band_array(band: Image.Image) -> tuple[np.ndarray, float | None]:
+    """Rows of a PIL image as an (h, W) or (h, W, C) array, and what to divide its values by to reach 0-255.
+
+    Every conversion here is per pixel, so converting the image band by band gives what converting it whole would.
+    """
+    mode = band.mode
     if mode in _PIL_16BIT_MODES:
-        return np.asarray(image).astype(np.float32) / np.float32(257.0)
+        return np.asarray(band), 257.0
     if mode == "I":
         # 32-bit integer mode: what older Pillow gives for 16-bit PNGs. Only the 16-bit range is meaningful here.
-        array = np.asarray(image)
-        if array.size and (array.min() < 0 or array.max() > 65535):
+        array = np.asarray(band)
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 65535:
             raise ValueError(
-                f"PIL mode 'I' image with values in [{array.min()}, {array.max()}]: only 16-bit data (0-65535) is "
-                "supported; convert it to 8-bit RGB or to a float 0-255 array first."
+                f"PIL mode 'I' image with values in [{low}, {high}]: only 16-bit data (0-65535) is supported; "
+                "convert it to 8-bit RGB or to a float 0-255 array first."
             )
-        return array.astype(np.float32) / np.float32(257.0)
+        return array, 257.0
     if mode in ("RGB", "RGBA", "L", "LA", "F"):
-        return np.asarray(image)
+        return np.asarray(band), None
     if mode == "P":
         # Palette images with transparency convert cleanly only to RGBA; the alpha is dropped later.
-        return np.asarray(image.convert("RGBA" if "transparency" in image.info else "RGB"))
-    if mode in ("1", "La"):
-        return np.asarray(image.convert("L"))
+        return np.asarray(band.convert("RGBA" if "transparency" in band.info else "RGB")), None
+    if mode == "PA":
+        return np.asarray(band.convert("RGBA")), None
+    if mode == "1":
+        return np.asarray(band.convert("L")), None
+    if mode == "La":
+        # Premultiplied alpha: "LA" undoes the premultiplication (as "RGBa" -> "RGB" does), then alpha is dropped.
+        return np.asarray(band.convert("LA")), None
     try:
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(band.convert("RGB")), None
     except (ValueError, OSError) as err:
         raise ValueError(f"Unsupported PIL image mode {mode!r}: convert the image to 'RGB' first ({err}).") from err
 
 
-def _to_float_chw(image: Any, input_data_format: Any = None, convert_rgb: bool = True) -> torch.Tensor:
-    """One image as a float32 (C, H, W) CPU tensor on the 0-255 scale; C = 3 with `convert_rgb`, else as given."""
-    # Only caller-provided float data is checked for a 0-1 scale; 16-bit inputs become floats here legitimately.
-    is_float_input = (isinstance(image, np.ndarray) and image.dtype.kind == "f") or (
-        isinstance(image, torch.Tensor) and image.is_floating_point()
-    )
-    if isinstance(image, (Image.Image, np.ndarray)):
-        array = _pil_to_array(image) if isinstance(image, Image.Image) else image
-        if not array.dtype.isnative:  # torch cannot wrap byte-swapped buffers (e.g. big-endian 16-bit data)
-            array = array.astype(array.dtype.newbyteorder("="))
-        if array.dtype == np.uint16:
-            array = array.astype(np.float32) / np.float32(257.0)
-        elif array.dtype == np.bool_:
-            array = array.astype(np.float32) * np.float32(255.0)
-        elif array.dtype.kind not in "uif":
-            raise TypeError(f"Unsupported numpy image dtype {array.dtype}: use uint8, uint16 or float (0-255).")
-        if not array.flags.writeable:
-            # torch warns about read-only buffers (np.asarray of a PIL image is one); we never write, but copy to
-            # keep the caller's output clean (a uint8 copy is cheap next to the float32 one made below).
-            array = array.copy()
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        prefer_first = False
+def _pil_bands(image: Image.Image) -> Iterator[tuple[int, np.ndarray, float | None]]:
+    """A PIL image band by band: (first row, array (h, W[, C]), divisor), so that no full-size copy but the float32
+    one is made; an image of up to `_LOAD_BAND_PIXELS` is one band, without a crop."""
+    width, height = image.size
+    band_rows = max(1, _LOAD_BAND_PIXELS // width)
+    if band_rows >= height:
+        yield (0, *_pil_band_array(image))
+        return
+    for top in range(0, height, band_rows):
+        # PIL pads a crop box that goes beyond the image, so the last box ends at the last row.
+        yield (top, *_pil_band_array(image.crop((0, top, width, min(top + band_rows, height)))))
+
+
+def _check_image_pixels(height: int, width: int, max_pixels: int) -> None:
+    if max_pixels and height * width > max_pixels:
+        raise ValueError(
+            f"The image is {width}x{height} pixels ({height * width / 1e6:.1f} megapixels), above the limit of "
+            f"max_image_pixels={max_pixels} ({max_pixels / 1e6:g} megapixels): processing it would hold a float32 "
+            f"copy of it at full resolution (about {12 * height * width / 2**30:.1f} GiB for RGB). Downscale it "
+            "first (CAT-Seg sees it at 640x640 in sliding mode and at the CLIP resolution in whole mode), or raise "
+            "the limit (`max_image_pixels=...` on the processor or per call; 0: no limit)."
+        )
+
+
+def _load_image(
+    image: Any,
+    input_data_format: Any = None,
+    convert_rgb: bool = True,
+    max_pixels: int = 0,
+    size_divisibility: int = 0,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One image as a float32 `(C, H', W')` tensor on the 0-255 scale, and its `(height, width)`.
+
+    C = 3 with `convert_rgb`, else as given. `H', W'` are the height and width rounded up to a multiple of
+    `size_divisibility` (> 1), the padding filled with zeros; otherwise the image's own. The tensor is on the CPU, or
+    on the device of a torch input.
+
+    The pixels are written straight into that one float32 tensor (PIL images band by band), so that the only
+    full-resolution copy made is the float32 one: peak memory is about 4 bytes per kept channel and pixel, plus the
+    input. Float inputs are checked for NaN and infinite values, in one pass without temporaries.
+    """
+    if isinstance(image, Image.Image):
+        width, height = image.size
+        _check_image_pixels(height, width, max_pixels)
+        if height == 0 or width == 0:
+            raise ValueError(f"Empty PIL image of size {width}x{height}.")
+        bands = _pil_bands(image)
+        channels_first = False
+        is_float = image.mode == "F"
+        multiplier = None
+    elif isinstance(image, np.ndarray):
+        if image.dtype.kind not in "buif":
+            raise TypeError(f"Unsupported numpy image dtype {image.dtype}: use uint8, uint16 or float (0-255).")
+        channels_first = image.ndim == 3 and _channels_first(image.shape, False, input_data_format)
+        # 16-bit in either byte order (the cast below reads big-endian data as well).
+        divisor = 257.0 if image.dtype.kind == "u" and image.dtype.itemsize == 2 else None
+        bands = iter([(0, image, divisor)])
+        is_float = image.dtype.kind == "f"
+        multiplier = 255.0 if image.dtype == np.bool_ else None
     elif isinstance(image, torch.Tensor):
-        tensor = image.detach()
-        if tensor.dtype == torch.uint16:
-            tensor = tensor.to(torch.float32) / 257.0
-        elif tensor.dtype == torch.bool:
-            tensor = tensor.to(torch.float32) * 255.0
-        elif tensor.is_complex():
-            raise TypeError(f"Unsupported torch image dtype {tensor.dtype}: use uint8 or float (0-255).")
-        prefer_first = True
+        if image.is_complex():
+            raise TypeError(f"Unsupported torch image dtype {image.dtype}: use uint8 or float (0-255).")
+        channels_first = image.ndim == 3 and _channels_first(tuple(image.shape), True, input_data_format)
+        divisor = 257.0 if image.dtype == torch.uint16 else None
+        bands = iter([(0, image.detach(), divisor)])
+        is_float = image.is_floating_point()
+        multiplier = 255.0 if image.dtype == torch.bool else None
     else:
         raise TypeError(
-            f"Unsupported image type {type(image).__name__}: pass PIL images, numpy arrays or torch tensors."
+            f"Unsupported image type {type(image).__name__} ({_short_repr(image)}): pass PIL images, numpy arrays or "
+            "torch tensors."
         )
+    if not isinstance(image, Image.Image):
+        if image.ndim not in (2, 3):
+            raise ValueError(
+                f"An image must have 2 or 3 dimensions (a 4-D input is a batch), got shape {tuple(image.shape)}."
+            )
+        height, width = image.shape[-2:] if channels_first or image.ndim == 2 else image.shape[:2]
+        if height == 0 or width == 0:
+            raise ValueError(f"Empty image of shape {tuple(image.shape)}.")
+        _check_image_pixels(height, width, max_pixels)
 
-    if tensor.ndim == 2:
-        tensor = tensor.unsqueeze(0)
-    elif tensor.ndim == 3:
-        if not _channels_first(tuple(tensor.shape), prefer_first, input_data_format):
-            tensor = tensor.permute(2, 0, 1)
-    else:
-        raise ValueError(
-            f"An image must have 2 or 3 dimensions (a 4-D input is a batch), got shape {tuple(tensor.shape)}."
-        )
-    if tensor.shape[-2] == 0 or tensor.shape[-1] == 0:
-        raise ValueError(f"Empty image of shape {tuple(tensor.shape)}.")
+    pixels = None
+    for top, band, divisor in bands:
+        # The band as (C, h, W): a view, no copy.
+        if band.ndim == 2:
+            band = band[None]
+        elif not channels_first:
+            band = band.transpose(2, 0, 1) if isinstance(band, np.ndarray) else band.permute(2, 0, 1)
+        if pixels is None:
+            channels = band.shape[0]
+            if channels not in (1, 2, 3, 4):
+                raise ValueError(f"An image needs 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA) channels, got {channels}.")
+            # Grayscale (+ alpha) keeps its gray channel (replicated below), RGBA drops alpha.
+            kept = {1: 1, 2: 1, 3: 3, 4: 3}[channels] if convert_rgb else channels
+            padded_h, padded_w = height, width
+            if size_divisibility > 1:
+                padded_h = math.ceil(height / size_divisibility) * size_divisibility
+                padded_w = math.ceil(width / size_divisibility) * size_divisibility
+            out_channels = 3 if convert_rgb else channels
+            device = band.device if isinstance(band, torch.Tensor) else "cpu"
+            make = torch.zeros if (padded_h, padded_w) != (height, width) else torch.empty
+            pixels = make(out_channels, padded_h, padded_w, dtype=torch.float32, device=device)
+        rows = slice(top, top + band.shape[1])
+        if isinstance(band, np.ndarray):
+            # The cast is exact for integers and rounds floats to nearest, as torch's. Values beyond float32 become
+            # infinite, and are reported as such below.
+            with np.errstate(over="ignore", invalid="ignore"):
+                np.copyto(pixels[:kept, rows, :width].numpy(), band[:kept], casting="unsafe")
+        else:
+            pixels[:kept, rows, :width].copy_(band[:kept])
+        if divisor is not None:
+            pixels[:kept, rows, :width].div_(divisor)
+        elif multiplier is not None:
+            pixels[:kept, rows, :width].mul_(multiplier)
 
-    channels = tensor.shape[0]
-    if channels not in (1, 2, 3, 4):
-        raise ValueError(f"An image needs 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA) channels, got {channels}.")
-    if convert_rgb and channels in (1, 2):  # grayscale (+ alpha): replicate the gray channel
-        tensor = tensor[:1].expand(3, -1, -1)
-    elif convert_rgb and channels == 4:  # RGBA: drop alpha
-        tensor = tensor[:3]
-    tensor = tensor.to(dtype=torch.float32)
-    if is_float_input and tensor.numel() > 1 and 0.0 < float(tensor.max()) <= 1.0:
-        logger.warning_once(
-            "A float image has all its values in [0, 1], but CATSegImageProcessor expects pixels on the 0-255 scale "
-            "(as the official model). Multiply such images by 255 before processing them."
-        )
-    if not tensor.is_contiguous():
-        tensor = tensor.contiguous()
-    return tensor
+    image_region = pixels[:kept, :height, :width]
+    if is_float:
+        # NaN propagates through min/max, and infinities are their own extremes: one pass, no temporary.
+        low, high = (float(v) for v in torch.aminmax(image_region))
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(_non_finite_message(image_region))
+        if 0.0 < high <= 1.0 and image_region.numel() > 1:
+            logger.warning_once(
+                "A float image has all its values in [0, 1], but CATSegImageProcessor expects pixels on the 0-255 "
+                "scale (as the official model). Multiply such images by 255 before processing them."
+            )
+    if kept < pixels.shape[0]:
+        pixels[kept:, :height, :width] = image_region[:1]
+    return pixels, (height, width)
+
+
+def _non_finite_message(pixels: torch.Tensor) -> str:
+    """Names how many pixels of a `(C, H, W)` image are NaN or infinite (counted row band by row band)."""
+    height, width = pixels.shape[-2:]
+    band_rows = max(1, _LOAD_BAND_PIXELS // width)
+    count, nan_count, first = 0, 0, None
+    for top in range(0, height, band_rows):
+        band = pixels[:, top : top + band_rows]
+        bad = (~torch.isfinite(band)).any(dim=0)
+        band_count = int(bad.sum())
+        if band_count:
+            count += band_count
+            nan_count += int(torch.isnan(band).any(dim=0).sum())
+            if first is None:
+                row, column = (int(v) for v in bad.nonzero()[0])
+                first = (top + row, column)
+    return (
+        f"{count} of its {height * width} pixels are NaN or infinite ({nan_count} with a NaN; the first at row "
+        f"{first[0]}, column {first[1]}). A segmentation computed from them would be meaningless: replace them (e.g. "
+        "`np.nan_to_num`) or fix what produced the image. (Float values beyond float32's range count as infinite.)"
+    )
 
 
 def _whole_view(
     pixels: torch.Tensor,
+    image_size: tuple[int, int],
     scale: float | None,
     mean: torch.Tensor | None,
     std: torch.Tensor | None,
-    size_divisibility: int,
     clip_resolution: int,
 ) -> torch.Tensor:
-    """Official non-sliding path: normalise, zero-pad bottom/right to a multiple, resize to the CLIP resolution."""
-    normalised = _rescale_and_normalise(pixels, scale, mean, std)
-    height, width = normalised.shape[-2:]
-    if size_divisibility > 1:
-        padded_h = math.ceil(height / size_divisibility) * size_divisibility
-        padded_w = math.ceil(width / size_divisibility) * size_divisibility
-        # Padding after normalisation: the padded area is 0 in normalised space, as in detectron2's ImageList.
-        normalised = F.pad(normalised, (0, padded_w - width, 0, padded_h - height), value=0.0)
+    """Official non-sliding path: normalise, zero-pad bottom/right to a multiple, resize to the CLIP resolution.
+
+    `pixels` arrives already padded with zeros (see `_load_image`): normalising only the image in place leaves the
+    padding at 0 in normalised space, as detectron2's ImageList pads after normalising, with the same values as the
+    out-of-place official expressions and no second full-resolution copy."""
+    height, width = image_size
+    _rescale_and_normalise_(pixels[:, :height, :width], scale, mean, std)
     return F.interpolate(
-        normalised.unsqueeze(0), size=(clip_resolution, clip_resolution), mode="bilinear", align_corners=False
+        pixels.unsqueeze(0), size=(clip_resolution, clip_resolution), mode="bilinear", align_corners=False
     )
 
 
@@ -834,5 +985,6 @@ __all__ = [
     "CATSegImageProcessorKwargs",
     "CLIP_IMAGE_MEAN",
     "CLIP_IMAGE_STD",
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "PROCESSING_MODES",
 ]
