@@ -158,6 +158,49 @@ def test_processor_bookkeeping_and_ambiguous_inputs_are_refused():
         model(pixel_values=pixel_values, class_embeddings=torch.randn(5, 1, 7))
 
 
+def test_bad_model_inputs_name_what_was_wrong():
+    model = make_model()
+    pixel_values, input_ids = random_inputs(model, batch=1, num_classes=3)
+    with torch.no_grad():
+        embeddings = model.get_class_embeddings(input_ids)
+    with pytest.raises(ValueError, match="outside CLIP's vocabulary"):
+        model.get_class_embeddings(torch.full((2, 1, 8), 10**6))
+    with pytest.raises(ValueError, match="hold no prompt"):
+        model.get_class_embeddings(torch.zeros(0, 1, 77, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer token ids"):
+        model.get_class_embeddings(input_ids.float())
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        model.get_class_embeddings(input_ids, attention_mask=torch.ones(3, 1, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="0 classes"):
+        model(pixel_values=pixel_values, class_embeddings=embeddings[:0])
+    with pytest.raises(ValueError, match="hold no image"):
+        model(pixel_values=pixel_values[:0], class_embeddings=embeddings)
+    with pytest.raises(ValueError, match=r"smaller than one CLIP patch \(16 px\)"):
+        model(pixel_values=torch.randn(1, 3, 8, 8), class_embeddings=embeddings)
+    with pytest.raises(TypeError, match="return_tensors='pt'"):
+        model(pixel_values=pixel_values.numpy(), class_embeddings=embeddings)
+    with pytest.raises(ValueError, match="integer class ids"):
+        model(pixel_values=pixel_values, class_embeddings=embeddings, labels=torch.zeros(1, 8, 8))
+    # uint8 masks, the usual label dtype, are accepted as they are.
+    loss = model(pixel_values=pixel_values, class_embeddings=embeddings, labels=torch.zeros(1, 8, 8, dtype=torch.uint8)).loss
+    assert torch.isfinite(loss)
+
+
+def test_ignore_index_is_ignored_with_more_than_255_classes():
+    """With 300 classes, 255 is both a class id and the ignore id: the reference ignores it, so must the loss."""
+    model = make_model()
+    pixel_values, _ = random_inputs(model, batch=1)
+    embeddings = F.normalize(torch.randn(300, 1, 16, generator=torch.Generator().manual_seed(3)), dim=-1)
+    labels = torch.full((1, 6, 6), 255, dtype=torch.long)
+    labels[0, :2] = 7
+    with torch.no_grad():
+        outputs = model(pixel_values=pixel_values, class_embeddings=embeddings, labels=labels)
+    logits = F.interpolate(outputs.logits, size=(6, 6), mode="bilinear", align_corners=False)
+    targets = torch.zeros_like(logits)
+    targets[0, 7, :2] = 1.0  # the 255 pixels have an all-zero target
+    torch.testing.assert_close(outputs.loss, F.binary_cross_entropy_with_logits(logits, targets))
+
+
 def test_hidden_states_and_attentions_of_the_vision_tower():
     model = make_model()
     model.set_attn_implementation("eager")

@@ -79,8 +79,9 @@ class CATSegSemanticSegmenterOutput(ModelOutput):
         logits (`torch.FloatTensor` of shape `(N, T, 4h, 4w)` for whole images or `(N, V, T, 4h, 4w)` for sliding-window views):
             Per-class segmentation logits (96x96 for the released models). With more classes than `config.pad_len`,
             the classes not kept by the top-k selection have logit exactly -100 in that view.
-        class_embeddings (`torch.FloatTensor` of shape `(T, P, C)`):
-            The L2-normalised class text embeddings that were used.
+        class_embeddings (`torch.FloatTensor` of shape `(T, P, C)`, *optional*):
+            The L2-normalised class text embeddings that were used (returned with `output_intermediates=True`; they
+            are per vocabulary, not per image, so they are not part of the default output, whose dim 0 is the image).
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
             Hidden states of the CLIP vision tower (see [`CATSegImageFeatures`]), one row per view (`N * V` rows for
             sliding-window inputs).
@@ -958,6 +959,21 @@ class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
                 "the mask the processor returned with these ids."
             )
         num_classes, num_templates, length = input_ids.shape
+        if input_ids.numel() == 0:
+            raise ValueError(
+                f"input_ids of shape {tuple(input_ids.shape)} hold no prompt: give at least one class name (and one "
+                "template)."
+            )
+        if input_ids.is_floating_point():
+            raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}.")
+        vocab_size = self.config.clip_config.text_config.vocab_size
+        out_of_vocabulary = (input_ids < 0) | (input_ids >= vocab_size)
+        if bool(out_of_vocabulary.any()):
+            bad = torch.unique(input_ids[out_of_vocabulary])[:5].tolist()
+            raise ValueError(
+                f"input_ids hold token id(s) {bad} outside CLIP's vocabulary of {vocab_size} tokens; tokenise the "
+                "class names with this model's CATSegProcessor."
+            )
         flat_ids = input_ids.reshape(-1, length)
         flat_mask = attention_mask.reshape(-1, length) if attention_mask is not None else None
         step = max(self.config.text_batch_size, 1)
@@ -1117,8 +1133,8 @@ class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
     # ------------------------------------------------------------------------------------------------ loss
     def compute_loss(self, logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
         """Binary cross-entropy between logits bilinearly resized to the label size and one-hot labels, mean over
-        all pixels and classes, in float32. As in the reference, ignored pixels (and any id outside [0, T)) are not
-        excluded: they count with an all-zero target."""
+        all pixels and classes, in float32. As in the reference, ignored pixels (`config.ignore_index`, whatever the
+        number of classes, and any id outside [0, T)) are not excluded: they count with an all-zero target."""
         if labels.dim() != 3 or labels.shape[0] != logits.shape[0]:
             raise ValueError(
                 f"labels must be (batch, height, width) with batch {logits.shape[0]}, got shape {tuple(labels.shape)}."
@@ -1128,7 +1144,9 @@ class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
         num_classes = logits.shape[1]
         logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
         labels = labels.to(device=logits.device, dtype=torch.long)
-        valid = (labels >= 0) & (labels < num_classes)
+        # `ignore_index` pixels are background whatever the number of classes (with more than 255 classes, 255 is
+        # also a class id; the reference still ignores it).
+        valid = (labels >= 0) & (labels < num_classes) & (labels != self.config.ignore_index)
         targets = F.one_hot(torch.where(valid, labels, 0), num_classes).permute(0, 3, 1, 2)
         targets = targets.to(logits.dtype) * valid.unsqueeze(1).to(logits.dtype)
         return F.binary_cross_entropy_with_logits(logits, targets)
@@ -1184,6 +1202,11 @@ class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
                 "input_ids, attention_mask, class_embeddings and labels (the processor's outputs hold no other model "
                 "inputs)."
             )
+        if pixel_values is not None and not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(
+                f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}; call the processor with "
+                "return_tensors='pt'."
+            )
         if pixel_values is None or pixel_values.dim() not in (4, 5) or pixel_values.shape[-3] != 3:
             shape = None if pixel_values is None else tuple(pixel_values.shape)
             raise ValueError(
@@ -1191,6 +1214,14 @@ class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
                 f"{shape}. Use CATSegProcessor to prepare images."
             )
         num_images = pixel_values.shape[0]
+        if pixel_values.numel() == 0:
+            raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)} hold no image: give at least one.")
+        patch = self.config.clip_config.vision_config.patch_size
+        if min(pixel_values.shape[-2:]) < patch:
+            raise ValueError(
+                f"pixel_values of size {tuple(pixel_values.shape[-2:])} are smaller than one CLIP patch ({patch} px); "
+                f"give views at the CLIP resolution ({self.config.clip_resolution}), as CATSegProcessor makes them."
+            )
         views_per_image = pixel_values.shape[1] if pixel_values.dim() == 5 else None
         if views_per_image is not None and labels is not None:
             raise ValueError("labels need whole-image inputs (images, 3, R, R); process training images with mode='whole'.")
@@ -1209,6 +1240,8 @@ class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
             raise ValueError(
                 f"class_embeddings must be (T, P, C) or (images={num_images}, T, P, C), got {tuple(class_embeddings.shape)}."
             )
+        if per_image_class_embeddings.shape[1] == 0:
+            raise ValueError("class_embeddings hold 0 classes: give at least one class name.")
         if per_image_class_embeddings.shape[2] != self.config.num_prompt_templates:
             raise ValueError(
                 f"The model was built for {self.config.num_prompt_templates} prompt template(s) per class, but the class "
@@ -1241,7 +1274,7 @@ class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
         return CATSegSemanticSegmenterOutput(
             loss=loss,
             logits=logits,
-            class_embeddings=class_embeddings,
+            class_embeddings=class_embeddings if output_intermediates else None,
             hidden_states=image_features.hidden_states,
             attentions=image_features.attentions,
             cost_volume=cost_volume if output_intermediates else None,
