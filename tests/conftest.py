@@ -101,3 +101,9 @@ def converted_official_tiny(official_tiny_dir: Path):
 @pytest.fixture(scope="session")
 def bpe_path(shared_path: Path) -> Path:
     return shared_path / "fixtures" / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
+
+
+def pytest_configure(config):
+    # Marks that transformers' common test mixins (loaded by tests/transformers_common.py) put on their tests.
+    for mark in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "torch_compile_test"):
+        config.addinivalue_line("markers", f"{mark}: a mark of transformers' own common tests")
