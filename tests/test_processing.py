@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -186,10 +187,110 @@ def test_modality_kwargs_without_that_modality_raise(processor) -> None:
     assert processor(text=["cat"], return_tensors="np")["input_ids"].shape == (1, 1, 77)
 
 
-def test_same_first_synonym_is_allowed(processor) -> None:
+def _fresh_processor(processor: CATSegProcessor) -> CATSegProcessor:
+    # The warnings come once per vocabulary and processor: a new processor has warned about none yet.
+    return CATSegProcessor(processor.image_processor, processor.tokenizer)
+
+
+def test_same_first_synonym_is_allowed_with_a_warning(processor, caplog) -> None:
     # ADE-847 has different entries sharing a first synonym (e.g. two "bag, ..." classes): they stay two classes.
-    out = processor(text=["bag, handbag", "bag, traveling bag"], return_tensors="pt")
+    fresh = _fresh_processor(processor)
+    with caplog.at_level(logging.WARNING, logger="catseg_hf.processing_catseg"):
+        out = fresh(text=["bag, handbag", "bag, traveling bag"], return_tensors="pt")
     assert torch.equal(out["input_ids"][0], out["input_ids"][1])
+    assert "'bag, handbag' (index 0) = 'bag, traveling bag' (index 1)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "names, expected",
+    [
+        (["Cat", "dog", "cat "], "'Cat' (index 0) = 'cat ' (index 2)"),
+        (["sofa, couch", "chair", "sofa, chair"], "'sofa, couch' (index 0) = 'sofa, chair' (index 2)"),
+        (["TV", "tv", "  Tv"], "'TV' (index 0) = 'tv' (index 1) = '  Tv' (index 2)"),
+    ],
+)
+def test_names_with_identical_prompts_warn_once_per_vocabulary(processor, caplog, names, expected) -> None:
+    fresh = _fresh_processor(processor)
+    with caplog.at_level(logging.WARNING, logger="catseg_hf.processing_catseg"):
+        out = fresh(text=names, return_tensors="pt")
+    assert out["input_ids"].shape == (3, 1, 77)
+    assert caplog.text.count("identical prompts") == 1 and expected in caplog.text
+    assert "1 group(s)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="catseg_hf.processing_catseg"):
+        fresh(text=names, return_tensors="pt")
+        fresh.encode_class_names(names)
+    assert "identical prompts" not in caplog.text
+    # Another vocabulary is warned about again.
+    with caplog.at_level(logging.WARNING, logger="catseg_hf.processing_catseg"):
+        fresh(text=[*names, "sky"])
+    assert caplog.text.count("identical prompts") == 1
+    caplog.clear()
+    # Names that differ in what the text encoder reads do not warn.
+    with caplog.at_level(logging.WARNING, logger="catseg_hf.processing_catseg"):
+        fresh(text=["cat", "cats", "Cat dog", "sofa", "couch, sofa"])
+    assert "identical prompts" not in caplog.text
+
+
+def test_identical_prompts_are_judged_over_every_template(processor, caplog) -> None:
+    fresh = CATSegProcessor(processor.image_processor, processor.tokenizer, prompt_templates=["{}", "x {}"])
+    # Truncated to 5 tokens the names read the same in the second template only: the encoder can tell them apart.
+    with caplog.at_level(logging.WARNING, logger="catseg_hf.processing_catseg"):
+        out = fresh(text=["big red cat", "big red dog"], max_length=5, return_tensors="pt")
+    assert torch.equal(out["input_ids"][0, 1], out["input_ids"][1, 1])
+    assert not torch.equal(out["input_ids"][0, 0], out["input_ids"][1, 0])
+    assert "identical prompts" not in caplog.text
+    # Truncated to 4 tokens they read the same in both: that is what the encoder sees, so it warns.
+    with caplog.at_level(logging.WARNING, logger="catseg_hf.processing_catseg"):
+        fresh(text=["big red cat", "big red dog"], max_length=4)
+    assert "'big red cat' (index 0) = 'big red dog' (index 1)" in caplog.text
+
+
+def test_literally_identical_names_stay_an_error(processor) -> None:
+    with pytest.raises(ValueError, match="Duplicate class names.*\\('Cat', 0, 2\\)"):
+        processor(text=["Cat", "cat", "Cat"])
+
+
+def test_ade847_vocabulary_tokenises_as_before_with_one_warning(processor, shared_path, caplog) -> None:
+    names = json.loads((shared_path / "benchmarks" / "ade847.json").read_text())
+    fresh = _fresh_processor(processor)
+    with caplog.at_level(logging.WARNING, logger="catseg_hf.processing_catseg"):
+        out = fresh(text=names, return_tensors="np")
+        again = fresh(text=names, return_tensors="np")
+    assert caplog.text.count("identical prompts") == 1 and "9 group(s)" in caplog.text
+    assert "'bag' (index 114) = 'bag, traveling bag, travelling bag, grip, suitcase' (index 191) = " in caplog.text
+    assert "'pot, flowerpot' (index 130) = 'pot' (index 188)" in caplog.text
+    ids, mask = out["input_ids"], out["attention_mask"]
+    assert ids.shape == mask.shape == (847, 1, 77) and np.array_equal(again["input_ids"], ids)
+    # The ids as they were before the collision check (sha256 of the little-endian int64 ids and mask).
+    assert hashlib.sha256(ids.astype("<i8").tobytes()).hexdigest() == (
+        "aadec46fea5b612e7e30848804c25c9d03bdd9efd4dc5d44b42aee5ef5dd4fb8"
+    )
+    assert hashlib.sha256(mask.astype("<i8").tobytes()).hexdigest() == (
+        "724eaad31621ead2ef4eac8c52938635f684a5eea79759f5b17c568a055522b3"
+    )
+    # The first-synonym rule, restated with the tokenizer alone.
+    prompts = [DEFAULT_PROMPT_TEMPLATES[0].format(name.split(", ")[0]) for name in names]
+    direct = processor.tokenizer(prompts, padding="max_length", max_length=77, truncation=True)["input_ids"]
+    assert np.array_equal(ids[:, 0], np.array(direct))
+    assert np.array_equal(ids[114], ids[191]) and np.array_equal(ids[114], ids[252])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"images": []}, ValueError, r"No image given \(images=\[\]\)"),
+        ({"images": 5}, TypeError, r"Unsupported image type int \(5\)"),
+        ({"text": []}, ValueError, r"class names is empty \(text=\[\]\)"),
+        ({"text": ""}, ValueError, r"The class name '' is empty"),
+        ({"text": 5}, TypeError, r"a list of class names, got int 5"),
+        ({"text": ("cat", None)}, TypeError, r"\(1, 'NoneType'\)"),
+        ({"images": [], "text": ["cat"]}, ValueError, r"images=\[\]"),
+    ],
+)
+def test_empty_and_wrong_inputs_name_the_value(processor, kwargs, error, match) -> None:
+    with pytest.raises(error, match=match):
+        processor(**kwargs)
 
 
 @pytest.mark.parametrize("templates", [[], ["no placeholder"], ["{} and {}"], [3]])

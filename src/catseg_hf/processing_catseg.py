@@ -4,6 +4,7 @@ This file must only import torch, numpy, PIL, transformers and (relatively) our 
 into saved model folders so that they load with `trust_remote_code=True` where `catseg_hf` is not installed.
 """
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +13,12 @@ from transformers import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, TextKwargs, Unpack
 from transformers.utils import logging
 
-from .image_processing_catseg import _UNSUPPORTED_IMAGES_KWARGS, CATSegImageProcessor, CATSegImageProcessorKwargs
+from .image_processing_catseg import (
+    _UNSUPPORTED_IMAGES_KWARGS,
+    CATSegImageProcessor,
+    CATSegImageProcessorKwargs,
+    _short_repr,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -36,6 +42,9 @@ _TEXT_OPTIONS = (
     "return_tensors",
 )
 _MODALITY_KWARGS = ("text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs")
+# How many vocabularies a processor remembers having warned about (colliding prompts), so that a long-running
+# service that sees many vocabularies does not keep them all alive.
+_MAX_WARNED_VOCABULARIES = 64
 
 
 def first_synonym(class_name: str) -> str:
@@ -61,6 +70,11 @@ class CATSegProcessor(ProcessorMixin):
     `"a, b, c"` only the first synonym `"a"` is used. Prompts are tokenised to the text encoder's context length
     (77 for CLIP): padded with the tokenizer's padding token (attention mask 0), over-long prompts truncated (keeping
     `<|endoftext|>` last) with a warning.
+
+    A class name given twice is an error. Different names that give the same prompts (the same token ids in every
+    template: CLIP's tokenizer lowercases and cleans whitespace, so `"Cat"` and `"cat "` are one prompt, and
+    `"sofa, couch"` and `"sofa, chair"` share their first synonym) are kept, as the official benchmark vocabularies
+    have such entries (ADE-847: `"bag"` three times), with a warning naming them, once per vocabulary.
 
     The processor keeps no state between calls: the class names are given with every call.
 
@@ -93,6 +107,8 @@ class CATSegProcessor(ProcessorMixin):
         self.prompt_templates = _check_templates(
             DEFAULT_PROMPT_TEMPLATES if prompt_templates is None else prompt_templates
         )
+        # Vocabularies already warned about for colliding prompts (not saved: not an `__init__` argument).
+        self._warned_vocabularies: OrderedDict[tuple, None] = OrderedDict()
 
     @classmethod
     def from_model_config(
@@ -229,10 +245,11 @@ class CATSegProcessor(ProcessorMixin):
             )
         return_attention_mask = options.pop("return_attention_mask")
         encoded = self.tokenizer(prompts, return_attention_mask=True, **options)
+        num_templates = len(templates)
+        self._warn_about_identical_prompts(names, templates, encoded, num_templates)
 
         keys = ["input_ids", "attention_mask"] if return_attention_mask else ["input_ids"]
         rows = {key: encoded[key] for key in keys}
-        num_templates = len(templates)
         if return_tensors is None:
             data = {
                 key: [value[t * num_templates : (t + 1) * num_templates] for t in range(len(names))]
@@ -251,6 +268,42 @@ class CATSegProcessor(ProcessorMixin):
         if return_tensors == "np":
             data = {key: value.numpy() for key, value in data.items()}
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _warn_about_identical_prompts(
+        self, names: list[str], templates: list[str], encoded: Any, num_templates: int
+    ) -> None:
+        """Warns, once per vocabulary, about different class names whose prompts the text encoder reads the same."""
+        groups: dict[tuple, list[int]] = {}
+        ids, mask = encoded["input_ids"], encoded["attention_mask"]
+        for index in range(len(names)):
+            rows = range(index * num_templates, (index + 1) * num_templates)
+            # The mask too: a padding id can also be a real token ("!" is id 0 in CLIP's vocabulary).
+            key = tuple((tuple(ids[row]), tuple(mask[row])) for row in rows)
+            groups.setdefault(key, []).append(index)
+        colliding = [group for group in groups.values() if len(group) > 1]
+        if not colliding:
+            return
+        # `warning_once` would key on the message; this keys on the vocabulary, and forgets old ones.
+        warned = self.__dict__.setdefault("_warned_vocabularies", OrderedDict())
+        vocabulary = (tuple(names), tuple(templates))
+        if vocabulary in warned:
+            warned.move_to_end(vocabulary)
+            return
+        warned[vocabulary] = None
+        while len(warned) > _MAX_WARNED_VOCABULARIES:
+            warned.popitem(last=False)
+        # At most 20 groups spelled out, so that a huge vocabulary does not give a page-long message.
+        described = "; ".join(" = ".join(f"{names[i]!r} (index {i})" for i in group) for group in colliding[:20])
+        if len(colliding) > 20:
+            described += f"; and {len(colliding) - 20} more group(s)"
+        logger.warning(
+            f"{len(colliding)} group(s) of class names give identical prompts for the text encoder (the same token "
+            f"ids in every template), so the model cannot tell the names of a group apart: the later ones score like "
+            f"the first, and ties go to the lowest index: {described}. CLIP's tokenizer lowercases and cleans "
+            "whitespace, and only the first synonym before ', ' is read. If both must be found, make the names (or "
+            "their first synonyms) differ; benchmark vocabularies such as ADE-847 keep such entries, as their "
+            "official evaluation does."
+        )
 
     @property
     def context_length(self) -> int:
@@ -405,11 +458,16 @@ def _check_class_names(class_names: Any) -> list[str]:
         class_names = [class_names]
     if not isinstance(class_names, (list, tuple)):
         raise TypeError(
-            f"`text` must be a class name or a list of class names, got {type(class_names).__name__}."
+            "`text` must be a class name or a list of class names, got "
+            f"{type(class_names).__name__} {_short_repr(class_names)}."
         )
     names = list(class_names)
     if not names:
-        raise ValueError("The list of class names is empty: give at least one class name.")
+        raise ValueError(
+            f"The list of class names is empty (text={_short_repr(class_names)}): give at least one class name."
+        )
+    if len(names) == 1 and isinstance(names[0], str) and not first_synonym(names[0]).strip():
+        raise ValueError(f"The class name {names[0]!r} is empty: give a non-empty class name (or a list of them).")
     not_str = [(i, type(n).__name__) for i, n in enumerate(names) if not isinstance(n, str)]
     if not_str:
         raise TypeError(f"Class names must be strings; these entries are not (index, type): {not_str}.")
