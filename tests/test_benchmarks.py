@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import catseg_hf.evaluation
 from catseg_hf.evaluation import (
     BENCHMARKS,
     PAPER_BENCHMARKS,
@@ -33,7 +34,9 @@ EXPECTED = {
 
 
 def _shared_benchmarks_dir() -> Path:
-    return default_class_names_dir()
+    # The shared folder's copies (the default, without CATSEG_SHARED_DIR, is the package's own copies).
+    shared = os.environ.get("CATSEG_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared"
+    return Path(shared) / "benchmarks"
 
 
 needs_shared = pytest.mark.skipif(
@@ -176,6 +179,7 @@ def test_environment_variable_and_errors(tmp_path, monkeypatch):
 
 def test_default_dir_without_environment(monkeypatch):
     monkeypatch.delenv("CATSEG_SHARED_DIR", raising=False)
-    repo = Path(__file__).resolve().parents[1]
-    assert default_class_names_dir() == repo.parent / "shared" / "benchmarks"
+    # Without the variable: the copies shipped inside the package.
+    assert default_class_names_dir() == Path(catseg_hf.evaluation.__file__).resolve().parent / "class_names"
+    assert len(load_class_names("a150")) == 150
     assert isinstance(get_benchmark("a150"), Benchmark)

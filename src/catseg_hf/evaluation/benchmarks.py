@@ -358,6 +358,10 @@ REPORTED_MIOU: Dict[str, Dict[str, float]] = {
 }
 
 
+#: The benchmark class-name files shipped as package data (copies of the official lists).
+PACKAGED_CLASS_NAMES_DIR = Path(__file__).resolve().parent / "class_names"
+
+
 def _normalise(name: str) -> str:
     return "".join(ch for ch in str(name).lower() if ch not in " -_/.")
 
@@ -405,14 +409,13 @@ def default_class_names_dir() -> Path:
     """Folder searched for the class-name JSON files when none is given.
 
     ``$CATSEG_SHARED_DIR/benchmarks`` when the environment variable is set (it points at the
-    ``shared`` folder), else ``<repository>/../shared/benchmarks``. The files are data and are not
-    shipped inside the package.
+    ``shared`` folder), else the copies shipped inside the package (``catseg_hf/evaluation/
+    class_names``), so that an installed package finds them wherever it runs.
     """
     shared = os.environ.get("CATSEG_SHARED_DIR")
     if shared:
         return Path(shared).expanduser() / "benchmarks"
-    repo_root = Path(__file__).resolve().parents[3]  # src/catseg_hf/evaluation/benchmarks.py
-    return repo_root.parent / "shared" / "benchmarks"
+    return PACKAGED_CLASS_NAMES_DIR
 
 
 def load_class_names(
