@@ -295,6 +295,24 @@ def test_bad_input_gets_a_message_and_the_server_keeps_serving(server, driver, s
     np.testing.assert_array_equal(label_map_download(driver), expected)
 
 
+def test_clicking_an_example_runs_it(server, driver, segmenter):
+    from selenium.webdriver.common.by import By
+
+    from catseg_hf.demo import EXAMPLES, EXAMPLES_DIR
+
+    page, url = server
+    open_page(driver, url)
+    file, names = EXAMPLES[1]
+    label = ", ".join(names[1:3])
+    buttons = [item for item in driver.find_elements(By.CSS_SELECTOR, "#examples button") if item.text.strip() == label]
+    assert buttons, [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#examples button")]
+    buttons[0].click()
+    assert wait_for_status(driver).startswith("Done")
+    assert driver.find_element(By.CSS_SELECTOR, "#class-names textarea").get_attribute("value") == "\n".join(names)
+    expected = expected_label_map(segmenter, EXAMPLES_DIR / file, list(names), "whole")
+    np.testing.assert_array_equal(label_map_download(driver), expected)
+
+
 def test_two_concurrent_requests_are_queued_and_both_answered(server, driver, segmenter, tmp_path):
     """Two tabs (two Gradio sessions) press Run at once; each request is held for a second inside the model call,
     so they overlap: the queue runs them one after the other, and both pages get their own, correct result."""

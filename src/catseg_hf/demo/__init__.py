@@ -502,6 +502,7 @@ def build_demo(
             cache_examples=False,
             example_labels=[", ".join(names[1:3]) for _, names in EXAMPLES],
             label="Examples (synthetic shapes; click one to run it)",
+            elem_id="examples",
         )
         run.click(demo.run, inputs=[image, class_names, mode], outputs=outputs, show_progress="full")
         preset.change(_preset_handler(demo), inputs=preset, outputs=class_names)
