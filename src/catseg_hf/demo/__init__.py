@@ -361,21 +361,24 @@ class SegmentationDemo:
 
 
 # ---------------------------------------------------------------------------------------------------- the page
-class ImageInput(gr.Image):
-    """`gr.Image` that leaves unreadable uploads to the demo's own check, which explains them in the page.
+def image_input(**kwargs: Any) -> gr.Image:
+    """A `gr.Image` that leaves unreadable uploads to the demo's own check, which explains them in the page.
 
     Gradio opens every upload with PIL before the event handler runs; a file that is not an image would fail there
-    with Gradio's generic error instead of the demo's message.
+    with Gradio's generic error instead of the demo's message. (The instance's `preprocess` is wrapped rather than
+    the class subclassed: Gradio writes a `.pyi` stub beside every module that defines a component class.)
     """
+    component = gr.Image(**kwargs)
+    strict = component.preprocess
 
-    def get_block_name(self) -> str:
-        return "image"  # the front end of gr.Image
-
-    def preprocess(self, payload: Any) -> Any:
+    def preprocess(payload: Any) -> Any:
         try:
-            return super().preprocess(payload)
+            return strict(payload)
         except Exception:  # noqa: BLE001 - any decoding failure; SegmentationDemo.read_image says what it was
             return None if payload is None or payload.path is None else str(payload.path)
+
+    component.preprocess = preprocess
+    return component
 
 
 def build_demo(
@@ -443,7 +446,7 @@ def build_demo(
         gr.Markdown(demo.model_description(), elem_id="model-info")
         with gr.Row():
             with gr.Column(scale=1):
-                image = ImageInput(
+                image = image_input(
                     label="Image",
                     type="filepath",
                     image_mode=None,  # keep the file as uploaded: 16-bit images are read by the processor's rules
