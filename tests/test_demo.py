@@ -43,11 +43,11 @@ def model_dir(tmp_path_factory, bpe_path):
 
 
 @pytest.fixture(scope="module")
-def page(model_dir):
+def page(model_dir, tmp_path_factory):
     _require_gradio()
     from catseg_hf.demo import build_demo
 
-    return build_demo(str(model_dir), model_name="tiny-random")
+    return build_demo(str(model_dir), model_name="tiny-random", output_dir=tmp_path_factory.mktemp("downloads"))
 
 
 @pytest.fixture(scope="module")

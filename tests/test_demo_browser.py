@@ -70,17 +70,25 @@ def browser_paths():
 
 
 @pytest.fixture(scope="module")
-def server(browser_paths):
-    """The demo of the tiny example model, served on a free port of 127.0.0.1."""
+def server(browser_paths, tmp_path_factory):
+    """The demo of the tiny example model, served on a free port of 127.0.0.1 (Gradio's cache in a temporary
+    folder, not in the machine's /tmp/gradio)."""
     from catseg_hf.demo import build_demo, launch
 
-    page = build_demo(str(EXAMPLE_MODEL), model_name="tiny-shapes-catseg", is_example_model=True)
-    port = _free_port()
-    launch(page, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield page, f"http://127.0.0.1:{port}/"
-    finally:
-        page.close()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
+        page = build_demo(
+            str(EXAMPLE_MODEL),
+            model_name="tiny-shapes-catseg",
+            is_example_model=True,
+            output_dir=tmp_path_factory.mktemp("downloads"),
+        )
+        port = _free_port()
+        launch(page, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            yield page, f"http://127.0.0.1:{port}/"
+        finally:
+            page.close()
 
 
 @pytest.fixture(scope="module")
@@ -172,14 +180,20 @@ def click_run(chrome) -> float:
     return time.perf_counter()
 
 
-def wait_for_status(chrome, prefixes: tuple[str, ...] = ("Done", "Error")) -> str:
-    """The status line once it starts with one of `prefixes` (it says "Results appear here." before)."""
+def status_text(chrome) -> str:
     from selenium.webdriver.common.by import By
+
+    return chrome.find_element(By.CSS_SELECTOR, "#status").text.strip()
+
+
+def wait_for_status(chrome, prefixes: tuple[str, ...] = ("Done", "Error"), previous: str | None = None) -> str:
+    """The status line once it starts with one of `prefixes` (it says "Results appear here." before) and differs
+    from `previous` (the line before the click, when a request follows another on the same page)."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     def status(_):
-        text = chrome.find_element(By.CSS_SELECTOR, "#status").text.strip()
-        return text if text.startswith(prefixes) else False
+        text = status_text(chrome)
+        return text if text.startswith(prefixes) and text != previous else False
 
     return WebDriverWait(chrome, RESULT_TIMEOUT_S).until(status)
 
@@ -261,6 +275,9 @@ def test_upload_labels_run_and_download(server, driver, segmenter, tmp_path):
 
 
 def test_bad_input_gets_a_message_and_the_server_keeps_serving(server, driver, segmenter, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
     page, url = server
     open_page(driver, url)
 
@@ -271,10 +288,10 @@ def test_bad_input_gets_a_message_and_the_server_keeps_serving(server, driver, s
     # A file that is not an image (with an image's extension).
     broken = tmp_path / "holiday.png"
     broken.write_text("this is not a PNG")
-    from selenium.webdriver.common.by import By
 
     driver.find_element(By.CSS_SELECTOR, "#image-input input[type=file]").send_keys(str(broken))
-    time.sleep(1.0)  # the upload of a small file; the page cannot show a preview of it
+    # Uploaded when the page shows it (as a broken image).
+    WebDriverWait(driver, 30).until(lambda _: driver.find_elements(By.CSS_SELECTOR, "#image-input img"))
     click_run(driver)
     message = wait_for_status(driver, ("Error: Cannot read",))
     assert "holiday.png" in message, message
@@ -289,8 +306,9 @@ def test_bad_input_gets_a_message_and_the_server_keeps_serving(server, driver, s
     # The same page then works.
     labels = ["background", "red square", "blue cross"]
     fill_inputs(driver, None, labels, mode=None)
+    previous = status_text(driver)
     click_run(driver)
-    assert wait_for_status(driver).startswith("Done")
+    assert wait_for_status(driver, previous=previous).startswith("Done")
     expected = expected_label_map(segmenter, image_path, labels, "whole")
     np.testing.assert_array_equal(label_map_download(driver), expected)
 

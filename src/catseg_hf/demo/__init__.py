@@ -391,6 +391,7 @@ def build_demo(
     trust_remote_code: bool = False,
     max_classes: int = MAX_CLASSES,
     max_image_pixels: int = MAX_IMAGE_PIXELS,
+    output_dir: str | Path | None = None,
 ) -> gr.Blocks:
     """The demo page.
 
@@ -404,6 +405,7 @@ def build_demo(
         device: where to load a model given by name: `"auto"` (cuda when available), `"cpu"`, `"cuda"`, or a device.
         trust_remote_code: run the modelling code of the model folder instead of the installed catseg_hf.
         max_classes, max_image_pixels: limits of the page.
+        output_dir: where the downloads are written before Gradio serves them (default: a temporary folder).
 
     Returns:
         A `gr.Blocks` with its queue set up; serve it with [`launch`].
@@ -432,6 +434,7 @@ def build_demo(
         is_example_model=is_example_model,
         max_classes=max_classes,
         max_image_pixels=max_image_pixels,
+        output_dir=output_dir,
     )
 
     # delete_cache: the downloads and uploads of a session are removed an hour after it was last used.
