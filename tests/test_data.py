@@ -165,7 +165,7 @@ def test_16bit_ignore_mapped_to_255_for_small_datasets(tmp_path):
     Image.fromarray(mask).save(tmp_path / "m" / "a.png")
     dataset = load_segmentation_dataset((tmp_path / "i", tmp_path / "m"), source_ignore_value=65535)
     label = dataset[0]["label"]
-    assert label.mode == "L"  # every value fits in 8 bits after the remap
+    assert label.dtype == np.uint8  # every value fits in 8 bits after the remap (an array: no PIL round trip)
     expected = mask.astype(np.int64)
     expected[expected == 65535] = 255
     np.testing.assert_array_equal(np.asarray(label), expected)
@@ -278,9 +278,9 @@ def test_reduce_labels_and_label_map(tmp_path):
     reduced = _label(load_segmentation_dataset(pair, reduce_labels=True)[0])
     np.testing.assert_array_equal(reduced, [[255, 0, 1], [2, 255, 3]])
 
-    # Applied simultaneously: 1 -> 2 and 2 -> 3, never 1 -> 3.
+    # Entries chain, as in the hub mean_iou metric: 1 -> 2 -> 3.
     mapped = _label(load_segmentation_dataset(pair, label_map={1: 2, 2: 3, 4: 255})[0])
-    np.testing.assert_array_equal(mapped, [[0, 2, 3], [3, 255, 255]])
+    np.testing.assert_array_equal(mapped, [[0, 3, 3], [3, 255, 255]])
 
     with pytest.raises(ValueError, match="mutually exclusive"):
         load_segmentation_dataset(pair, reduce_labels=True, label_map={1: 2})
@@ -289,7 +289,9 @@ def test_reduce_labels_and_label_map(tmp_path):
 def test_remap_labels_dtypes():
     for dtype in (np.uint8, np.uint16, np.int32, np.int64):
         label = np.array([[0, 1, 2, 7]], dtype=dtype)
-        np.testing.assert_array_equal(remap_labels(label, label_map={1: 2, 2: 1}), [[0, 2, 1, 7]])
+        # A swap written as a chain collapses (1 -> 2 -> 1), exactly as in the metric.
+        np.testing.assert_array_equal(remap_labels(label, label_map={1: 2, 2: 1}), [[0, 1, 1, 7]])
+        np.testing.assert_array_equal(remap_labels(label, label_map={2: 1, 1: 2}), [[0, 2, 2, 7]])
         np.testing.assert_array_equal(remap_labels(label, reduce_labels=True), [[255, 0, 1, 6]])
     wide = np.array([[65535, 300]], dtype=np.uint16)
     np.testing.assert_array_equal(remap_labels(wide, source_ignore_value=65535, ignore_index=1000), [[1000, 300]])
@@ -312,6 +314,33 @@ def test_coco_stuff_raw_label_map():
     contiguous = sorted(v for v in mapping.values() if v != 255)
     assert contiguous == list(range(171))
     assert mapping[0] == 0 and mapping[181] == 170 and mapping[11] == 255 and mapping[91] == 80
+    # Applied with the chained meaning, every raw id lands where the table says (no entry feeds a later one).
+    raw = np.arange(256, dtype=np.uint8)
+    expected = np.array([mapping.get(v, v) for v in range(256)])
+    np.testing.assert_array_equal(remap_labels(raw, label_map=mapping), expected)
+
+
+@pytest.mark.parametrize(
+    "label_map", [{1: 2, 2: 3}, {1: 2, 2: 1}, {0: 255, 255: 0}, {3: 1, 1: 3, 5: 255}], ids=str
+)
+def test_loader_and_metric_read_label_map_the_same_way(label_map):
+    """`label_map` means one thing: remapping in the loader then scoring equals scoring with the metric's map."""
+    from catseg_hf.evaluation import StreamingMeanIoU
+
+    rng = np.random.default_rng(0)
+    reference = rng.integers(0, 6, (8, 9)).astype(np.uint8)
+    reference[0, :3] = 255
+    prediction = rng.integers(0, 6, (8, 9))
+    in_metric = StreamingMeanIoU(num_labels=6, ignore_index=255, label_map=label_map)
+    in_metric.update(prediction, reference)
+    in_loader = StreamingMeanIoU(num_labels=6, ignore_index=255)
+    in_loader.update(prediction, remap_labels(reference, label_map=label_map))
+    np.testing.assert_array_equal(in_metric.confusion_matrix, in_loader.confusion_matrix)
+    # And the hub metric's own loop, entry after entry, gives the same ids.
+    chained = reference.astype(np.int64)
+    for old, new in label_map.items():
+        chained[chained == old] = new
+    np.testing.assert_array_equal(remap_labels(reference, label_map=label_map), chained)
 
 
 # --------------------------------------------------------------------------- class names
@@ -334,8 +363,8 @@ def test_class_names_from_json_and_features(tmp_path):
     plain = Dataset.from_dict({"label": [0]})
     with pytest.raises(ValueError, match="class_names_file"):
         load_class_names(plain)
-    with pytest.raises(ValueError, match="coco.json"):
-        load_class_names("coco_stuff")
+    # Benchmark and layout names are answered from the one registry (the lists ship with the package).
+    assert len(load_class_names("coco_stuff")) == 171 and load_class_names("ade150") == load_class_names("a150")
     (tmp_path / "bad.json").write_text(json.dumps({"0": "a", "2": "c"}))
     with pytest.raises(ValueError, match="without gaps"):
         load_class_names(class_names_file=tmp_path / "bad.json")

@@ -37,7 +37,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -53,6 +53,8 @@ __all__ = [
     "list_benchmarks",
     "load_class_names",
     "default_class_names_dir",
+    "OfficialLayout",
+    "OFFICIAL_LAYOUTS",
 ]
 
 
@@ -69,7 +71,7 @@ class HubSource:
     split: str
     image_column: str
     label_column: str
-    config: Optional[str] = None
+    config: str | None = None
     reduce_labels: bool = False
     verified: bool = False
     note: str = ""
@@ -100,6 +102,11 @@ class Benchmark:
         aliases: other accepted names (matched case-, space-, ``-`` and ``_``-insensitively).
         hub: an example Hub dataset, or None when none is known.
         notes: provenance and caveats.
+        layout: the name of its prepared folder layout in `load_segmentation_dataset(layout=...)`
+            (`"ade150"`, `"coco_stuff"`, ...), a key of `OFFICIAL_LAYOUTS`.
+        prepare_script: the official script that writes the annotation folder.
+        train_image_dir, train_annotation_dir: training split folders, for the datasets CAT-Seg
+            trains on (COCO-Stuff; ADE-150 if its training annotations are converted the same way).
     """
 
     key: str
@@ -115,12 +122,16 @@ class Benchmark:
     annotation_extension: str
     detectron2_name: str
     num_eval_labels: int
-    background_index: Optional[int] = None
-    reported_miou_base: Optional[float] = None
-    reported_miou_large: Optional[float] = None
-    aliases: Tuple[str, ...] = ()
-    hub: Optional[HubSource] = None
+    background_index: int | None = None
+    reported_miou_base: float | None = None
+    reported_miou_large: float | None = None
+    aliases: tuple[str, ...] = ()
+    hub: HubSource | None = None
     notes: str = field(default="", compare=False)
+    layout: str = ""
+    prepare_script: str = ""
+    train_image_dir: str | None = None
+    train_annotation_dir: str | None = None
 
     @property
     def is_16bit(self) -> bool:
@@ -132,7 +143,7 @@ class Benchmark:
         """Whether the paper reports this benchmark."""
         return self.reported_miou_base is not None
 
-    def reported_miou(self, variant: str = "base") -> Optional[float]:
+    def reported_miou(self, variant: str = "base") -> float | None:
         """Official mIoU (percent) for ``variant`` ``"base"`` (ViT-B/16) or ``"large"`` (ViT-L/14)."""
         variant = variant.lower()
         if variant in ("base", "b", "vit-b", "vitb", "vit-b/16"):
@@ -141,15 +152,15 @@ class Benchmark:
             return self.reported_miou_large
         raise ValueError(f"unknown model variant {variant!r}; use 'base' or 'large'")
 
-    def image_path(self, data_root: Union[str, os.PathLike]) -> Path:
+    def image_path(self, data_root: str | os.PathLike) -> Path:
         """``data_root / image_dir``."""
         return Path(data_root) / self.image_dir
 
-    def annotation_path(self, data_root: Union[str, os.PathLike]) -> Path:
+    def annotation_path(self, data_root: str | os.PathLike) -> Path:
         """``data_root / annotation_dir``."""
         return Path(data_root) / self.annotation_dir
 
-    def metric_kwargs(self) -> Dict[str, Any]:
+    def metric_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``StreamingMeanIoU`` / the ``evaluate`` metric on this benchmark's
         prepared annotations (ids already contiguous, so no ``reduce_labels`` or ``label_map``)."""
         return {"num_labels": self.num_eval_labels, "ignore_index": self.ignore_index}
@@ -171,11 +182,13 @@ class Benchmark:
 
 _OFFICIAL = "github.com/cvlab-kaist/CAT-Seg"
 
-BENCHMARKS: Dict[str, Benchmark] = {
+BENCHMARKS: dict[str, Benchmark] = {
     b.key: b
     for b in (
         Benchmark(
             key="a847",
+            layout="ade847",
+            prepare_script="prepare_ade20k_847.py",
             display_name="A-847",
             description="ADE20K-Full (847 classes), validation split",
             num_classes=847,
@@ -199,6 +212,8 @@ BENCHMARKS: Dict[str, Benchmark] = {
         ),
         Benchmark(
             key="pc459",
+            layout="pc459",
+            prepare_script="prepare_pascal_context_459.py",
             display_name="PC-459",
             description="Pascal Context (459 classes), VOC2010 validation split",
             num_classes=459,
@@ -224,6 +239,10 @@ BENCHMARKS: Dict[str, Benchmark] = {
         ),
         Benchmark(
             key="a150",
+            layout="ade150",
+            prepare_script="prepare_ade20k_150.py",
+            train_image_dir="ADEChallengeData2016/images/training",
+            train_annotation_dir="ADEChallengeData2016/annotations_detectron2/training",
             display_name="A-150",
             description="ADE20K (SceneParsing, 150 classes), validation split",
             num_classes=150,
@@ -258,6 +277,8 @@ BENCHMARKS: Dict[str, Benchmark] = {
         ),
         Benchmark(
             key="pc59",
+            layout="pc59",
+            prepare_script="prepare_pascal_context_59.py",
             display_name="PC-59",
             description="Pascal Context (59 classes), VOC2010 validation split",
             num_classes=59,
@@ -280,6 +301,8 @@ BENCHMARKS: Dict[str, Benchmark] = {
         ),
         Benchmark(
             key="pas20",
+            layout="voc20",
+            prepare_script="prepare_voc.py",
             display_name="PAS-20",
             description="Pascal VOC 2012 (20 classes, background ignored), validation split",
             num_classes=20,
@@ -302,6 +325,8 @@ BENCHMARKS: Dict[str, Benchmark] = {
         ),
         Benchmark(
             key="pas20b",
+            layout="voc20b",
+            prepare_script="prepare_voc.py",
             display_name="PAS-20b",
             description="Pascal VOC 2012 with background as a class, validation split",
             num_classes=59,
@@ -326,6 +351,10 @@ BENCHMARKS: Dict[str, Benchmark] = {
         ),
         Benchmark(
             key="coco_stuff",
+            layout="coco_stuff",
+            prepare_script="prepare_coco_stuff.py",
+            train_image_dir="coco-stuff/images/train2017",
+            train_annotation_dir="coco-stuff/annotations_detectron2/train2017",
             display_name="COCO-Stuff",
             description="COCO-Stuff-164k (171 classes), val2017 split; the training set's validation",
             num_classes=171,
@@ -349,10 +378,10 @@ BENCHMARKS: Dict[str, Benchmark] = {
 }
 
 #: Benchmark keys in the column order of the paper's table.
-PAPER_BENCHMARKS: Tuple[str, ...] = ("a847", "pc459", "a150", "pc59", "pas20", "pas20b")
+PAPER_BENCHMARKS: tuple[str, ...] = ("a847", "pc459", "a150", "pc59", "pas20", "pas20b")
 
 #: Official mIoU (percent) per model variant, keyed by benchmark key, in paper column order.
-REPORTED_MIOU: Dict[str, Dict[str, float]] = {
+REPORTED_MIOU: dict[str, dict[str, float]] = {
     variant: {key: BENCHMARKS[key].reported_miou(variant) for key in PAPER_BENCHMARKS}
     for variant in ("base", "large")
 }
@@ -366,8 +395,8 @@ def _normalise(name: str) -> str:
     return "".join(ch for ch in str(name).lower() if ch not in " -_/.")
 
 
-def _build_alias_index() -> Dict[str, str]:
-    index: Dict[str, str] = {}
+def _build_alias_index() -> dict[str, str]:
+    index: dict[str, str] = {}
     for bench in BENCHMARKS.values():
         for alias in (bench.key, bench.display_name, bench.class_names_file.rsplit(".", 1)[0], *bench.aliases):
             norm = _normalise(alias)
@@ -380,7 +409,7 @@ def _build_alias_index() -> Dict[str, str]:
 _ALIASES = _build_alias_index()
 
 
-def list_benchmarks(paper_only: bool = False) -> List[str]:
+def list_benchmarks(paper_only: bool = False) -> list[str]:
     """Canonical benchmark keys: the paper's six in table order, then ``coco_stuff`` unless
     ``paper_only``."""
     keys = list(PAPER_BENCHMARKS)
@@ -389,7 +418,7 @@ def list_benchmarks(paper_only: bool = False) -> List[str]:
     return keys
 
 
-def get_benchmark(name: Union[str, Benchmark]) -> Benchmark:
+def get_benchmark(name: str | Benchmark) -> Benchmark:
     """Look a benchmark up by key, display name or alias (``"a150"``, ``"A-150"``, ``"ade150"``,
     ``"ADE20K-150"``, the detectron2 dataset name ...), ignoring case, spaces, ``-``, ``_``.
 
@@ -418,26 +447,17 @@ def default_class_names_dir() -> Path:
     return PACKAGED_CLASS_NAMES_DIR
 
 
-def load_class_names(
-    benchmark: Union[str, Benchmark],
-    path_or_dir: Optional[Union[str, os.PathLike]] = None,
-) -> List[str]:
-    """Read a benchmark's class names (a JSON list of strings, in label-id order).
+def _benchmark_or_none(source: Any) -> Benchmark | None:
+    """The benchmark `source` names, or None when it is something else (a path, a dataset, a Hub id)."""
+    if isinstance(source, Benchmark):
+        return source
+    if not isinstance(source, str) or Path(source).expanduser().exists():
+        return None  # an existing file or folder named like a benchmark is a dataset source
+    key = _ALIASES.get(_normalise(source))
+    return BENCHMARKS[key] if key is not None else None
 
-    Args:
-        benchmark: a :class:`Benchmark` or any name :func:`get_benchmark` accepts.
-        path_or_dir: a JSON file, or a folder holding ``benchmark.class_names_file`` (directly or in
-            a ``benchmarks/`` sub-folder, so the ``shared`` folder itself works); default
-            :func:`default_class_names_dir`.
 
-    Returns:
-        The names exactly as stored (no stripping: e.g. A-150's ``"bed "`` keeps its space).
-
-    Raises:
-        FileNotFoundError: naming the places searched.
-        ValueError: if the file is not a list of strings or its length is not ``num_classes``.
-    """
-    bench = get_benchmark(benchmark)
+def _benchmark_class_names(bench: Benchmark, path_or_dir: str | os.PathLike | None) -> list[str]:
     base = Path(path_or_dir).expanduser() if path_or_dir is not None else default_class_names_dir()
     if base.is_file():
         path = base
@@ -459,3 +479,86 @@ def load_class_names(
             f"{path} has {len(names)} class names but {bench.display_name} has {bench.num_classes} classes"
         )
     return names
+
+
+def load_class_names(
+    source: Any = None,
+    path_or_dir: str | os.PathLike | None = None,
+    *,
+    class_names_file: str | os.PathLike | None = None,
+) -> list[str]:
+    """Class names (index = class id) of a benchmark or of any dataset: the one lookup of the project.
+
+    Args:
+        source: one of
+
+            - a [`Benchmark`] or any name [`get_benchmark`] accepts (`"a150"`, `"ADE-150"`,
+              `"coco_stuff"`, ...): its JSON list, read from `path_or_dir` (a file, or a folder
+              holding `class_names_file` directly or in a `benchmarks/` sub-folder), by default from
+              [`default_class_names_dir`] (the copies shipped with the package);
+            - a dataset object (`Dataset`, `IterableDataset`, `DatasetDict`): a `ClassLabel` feature,
+              else an `id2label` JSON object stored in `info.description`;
+            - a local folder: `id2label.json` / `class_names.json` / `classes.json` / `labels.json` in
+              it, or the features of a `save_to_disk` folder;
+            - a Hub dataset id: the same file names in the dataset repository, then its features.
+        path_or_dir: for a benchmark, where its list lives (see above); otherwise the same as
+            `class_names_file`.
+        class_names_file: a JSON list of names (CAT-Seg's `datasets/*.json`) or an `{id: name}` /
+            `{"id2label": {...}}` object; read instead of looking at `source` (for a benchmark, its
+            length is checked).
+
+    Returns:
+        The names exactly as stored (no stripping: e.g. A-150's `"bed "` keeps its space).
+
+    Raises:
+        FileNotFoundError: a benchmark's list is not where it was looked for (the message names the places).
+        ValueError: the file is malformed, has the wrong length for the benchmark, or no names can be found.
+    """
+    bench = _benchmark_or_none(source)
+    location = class_names_file if class_names_file is not None else path_or_dir
+    if bench is not None:
+        return _benchmark_class_names(bench, location)
+    # Datasets: lazily, so that importing the registry never imports `datasets`.
+    from ..data.dataset_class_names import dataset_class_names
+
+    return dataset_class_names(source, location)
+
+
+@dataclass(frozen=True)
+class OfficialLayout:
+    """Where one of CAT-Seg's prepared datasets lives under a data root: a view of a [`Benchmark`]
+    for `load_segmentation_dataset(layout=...)`.
+
+    Attributes:
+        splits: split name -> `(image_dir, annotation_dir)`, relative to the data root.
+        num_classes: number of label ids in the prepared masks (PAS-20b: 21, background included).
+        ignore_index: ignore value stored in the prepared masks.
+        class_names_file: name of the class-name JSON (shipped with the package).
+        note: the preparation script, then provenance and caveats.
+    """
+
+    splits: Mapping[str, tuple[str, str]]
+    num_classes: int
+    ignore_index: int = 255
+    class_names_file: str = ""
+    note: str = ""
+
+
+def _layout_of(bench: Benchmark) -> OfficialLayout:
+    splits = {"validation": (bench.image_dir, bench.annotation_dir)}
+    if bench.train_image_dir and bench.train_annotation_dir:
+        splits = {"train": (bench.train_image_dir, bench.train_annotation_dir), **splits}
+    return OfficialLayout(
+        splits=splits,
+        num_classes=bench.num_eval_labels,
+        ignore_index=bench.ignore_index,
+        class_names_file=bench.class_names_file,
+        note=f"{bench.prepare_script}; {bench.notes}",
+    )
+
+
+#: CAT-Seg's prepared folder layouts by layout name (`"coco_stuff"`, `"ade150"`, `"ade847"`, `"pc59"`,
+#: `"pc459"`, `"voc20"`, `"voc20b"`), derived from `BENCHMARKS`. Paths are those written by the official
+#: preparation scripts under `$DETECTRON2_DATASETS`; only COCO-Stuff (and ADE-150, if converted) has a
+#: training split, the other benchmarks are evaluation-only.
+OFFICIAL_LAYOUTS: dict[str, OfficialLayout] = {bench.layout: _layout_of(bench) for bench in BENCHMARKS.values()}
