@@ -2,7 +2,7 @@
 """Time and measure CAT-Seg inference, each case in its own process so that peak memory is per case.
 
     python scripts/make_random_checkpoint.py --variant base --output random-catseg-base
-    python scripts/benchmark.py --model random-catseg-base [--cases text150,text847,whole150,slide150,slide847] \
+    python scripts/benchmark_speed.py --model random-catseg-base [--cases text150,text847,whole150,slide150,slide847] \
         [--runs 5] [--threads 2] [--dtype float32|bfloat16] [--json results.json]
 
 Cases (one 512x683 RGB image, as in the issue's table):

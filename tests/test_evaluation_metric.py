@@ -438,22 +438,25 @@ def test_reduce_across_processes_without_distributed_is_a_no_op():
 
 @pytest.mark.parametrize("as_torch", [False, True])
 def test_reduce_across_processes_sums_matrices(monkeypatch, as_torch):
-    # Simulate a 2-process group whose other member holds the same counts: all_reduce(SUM) then
+    # Simulate a 2-process group whose other member holds the same counts: accelerate's sum then
     # doubles them. (Spawning real processes costs ~30 s here because each child imports the
-    # whole package; the collective itself is torch's business.)
-    import torch.distributed as dist
+    # whole package; the collective itself is accelerate's and torch's business.)
+    import accelerate
+    import accelerate.utils
 
     calls = []
 
-    def fake_all_reduce(tensor, op=None, group=None):
-        calls.append((tensor.dtype, tensor.device.type, op))
-        tensor.mul_(2)
+    class TwoProcesses:
+        num_processes = 2
+        backend = "gloo"
+        device = torch.device("cpu")
 
-    monkeypatch.setattr(dist, "is_available", lambda: True)
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
-    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
-    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    def fake_reduce(tensor, reduction="mean"):
+        calls.append((tensor.dtype, tensor.device.type, reduction))
+        return tensor * 2
+
+    monkeypatch.setattr(accelerate, "PartialState", TwoProcesses)
+    monkeypatch.setattr(accelerate.utils, "reduce", fake_reduce)
     pred, ref = np.array([0, 1, 2, 3]), np.array([0, 1, 2, 2])
     if as_torch:
         pred, ref = torch.from_numpy(pred), torch.from_numpy(ref)
@@ -461,7 +464,7 @@ def test_reduce_across_processes_sums_matrices(monkeypatch, as_torch):
     single = metric.extended_confusion_matrix_numpy().copy()
     assert metric.reduce_across_processes() is metric
     np.testing.assert_array_equal(metric.extended_confusion_matrix_numpy(), 2 * single)
-    assert calls == [(torch.int64, "cpu", dist.ReduceOp.SUM)]
+    assert calls == [(torch.int64, "cpu", "sum")]
     assert torch.is_tensor(metric.confusion_matrix) == as_torch
     # A process that saw no data still joins the collective with zeros.
     idle = StreamingMeanIoU(num_labels=4).reduce_across_processes()

@@ -10,7 +10,7 @@ processes before :meth:`StreamingMeanIoU.compute`. The ``evaluate`` metric retur
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -70,10 +70,10 @@ class StreamingMeanIoU:
     def __init__(
         self,
         num_labels: int,
-        ignore_index: Optional[int] = 255,
+        ignore_index: int | None = 255,
         reduce_labels: bool = False,
-        label_map: Optional[Mapping[int, int]] = None,
-        pad_index: Optional[int] = PAD_INDEX,
+        label_map: Mapping[int, int] | None = None,
+        pad_index: int | None = PAD_INDEX,
     ) -> None:
         if isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
             raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
@@ -88,7 +88,7 @@ class StreamingMeanIoU:
 
     # ------------------------------------------------------------------ accumulation
 
-    def update(self, predictions: Any, references: Any) -> "StreamingMeanIoU":
+    def update(self, predictions: Any, references: Any) -> StreamingMeanIoU:
         """Add maps to the running counts.
 
         Args:
@@ -130,7 +130,7 @@ class StreamingMeanIoU:
             self._matrix += counts
         return self
 
-    def compute(self, nan_to_num: Optional[float] = None) -> Dict[str, Any]:
+    def compute(self, nan_to_num: float | None = None) -> dict[str, Any]:
         """The hub metric's result for everything added so far.
 
         Returns:
@@ -141,7 +141,7 @@ class StreamingMeanIoU:
         """
         return metrics_from_confusion(self.extended_confusion_matrix_numpy(), nan_to_num=nan_to_num)
 
-    def compute_detectron2(self) -> Dict[str, Any]:
+    def compute_detectron2(self) -> dict[str, Any]:
         """The same counts scored the way detectron2's ``SemSegEvaluator`` does (CAT-Seg's paper
         numbers come from it), which differs from the hub metric in which classes are averaged.
 
@@ -149,7 +149,7 @@ class StreamingMeanIoU:
         """
         return detectron2_metrics_from_confusion(self.extended_confusion_matrix_numpy())
 
-    def reset(self) -> "StreamingMeanIoU":
+    def reset(self) -> StreamingMeanIoU:
         """Zero the counts (the matrix keeps its device)."""
         if is_torch_tensor(self._matrix):
             self._matrix.zero_()
@@ -157,7 +157,7 @@ class StreamingMeanIoU:
             self._matrix.fill(0)
         return self
 
-    def merge(self, other: "StreamingMeanIoU") -> "StreamingMeanIoU":
+    def merge(self, other: StreamingMeanIoU) -> StreamingMeanIoU:
         """Add another accumulator's counts into this one (e.g. from another worker).
 
         Raises:
@@ -174,32 +174,33 @@ class StreamingMeanIoU:
         self._matrix += self._on_my_side(other._matrix)
         return self
 
-    def reduce_across_processes(self, group: Any = None) -> "StreamingMeanIoU":
-        """Sum the counts over all processes of ``torch.distributed`` (a no-op when it is not
-        initialised or has a single process). Every process must call it, once, before
-        :meth:`compute`; afterwards each process holds the global counts.
+    def reduce_across_processes(self) -> StreamingMeanIoU:
+        """Sum the counts over all processes with `accelerate.utils.reduce` (a no-op in a single process).
 
-        With the NCCL back end the matrix is all-reduced on the current CUDA device (and moved back).
+        Every process must call it, once, before [`~StreamingMeanIoU.compute`]; afterwards each process holds the
+        global counts. The processes are those of `accelerate.PartialState` (`accelerate launch`, `torchrun`).
         """
         torch = _import_torch()
         if torch is None:
             return self
-        dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+        from accelerate import PartialState
+        from accelerate.utils import reduce
+
+        state = PartialState()
+        if state.num_processes == 1:
             return self
         if self._matrix is None:
             # A process that saw no data still has to take part in the collective.
             self._matrix = self._zeros(None)
         local = self._matrix
         tensor = torch.from_numpy(local.copy()) if not is_torch_tensor(local) else local
-        if dist.get_backend(group) == "nccl" and tensor.device.type != "cuda":
-            tensor = tensor.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+        if state.backend == "nccl":
+            tensor = tensor.to(state.device)  # NCCL reduces CUDA tensors only
+        summed = reduce(tensor, reduction="sum")
         if is_torch_tensor(local):
-            if tensor is not local:
-                local.copy_(tensor.to(local.device))
+            local.copy_(summed.to(local.device))
         else:
-            self._matrix = tensor.cpu().numpy()
+            self._matrix = summed.cpu().numpy()
         return self
 
     # ------------------------------------------------------------------ views of the counts
@@ -228,7 +229,7 @@ class StreamingMeanIoU:
         as stored (NumPy array or torch tensor; a view of the internal counts, do not modify)."""
         return self.extended_confusion_matrix[: self.num_labels, : self.num_labels]
 
-    def areas(self) -> Dict[str, np.ndarray]:
+    def areas(self) -> dict[str, np.ndarray]:
         """Per-class ``area_intersect``, ``area_union``, ``area_pred_label``, ``area_label``
         (int64 NumPy vectors), exactly the hub's ``total_*`` areas."""
         return areas_from_confusion(self.extended_confusion_matrix_numpy())
