@@ -226,6 +226,19 @@ def test_mask_column_preferred_over_classification_label(tmp_path):
     assert loaded[0]["original_label"] == 0
 
 
+def test_parquet_splits_follow_datasets_naming_rules(tmp_path):
+    # Split folders (data/train/, data/val/) as datasets infers them for Hub repositories; "val" answers "validation".
+    dataset, _ = _hub_style_dataset()
+    for split, rows in (("train", [0, 1]), ("val", [2])):
+        (tmp_path / "pq" / "data" / split).mkdir(parents=True)
+        dataset.select(rows).to_parquet(str(tmp_path / "pq" / "data" / split / "shard-0.parquet"))
+    cache = str(tmp_path / "cache")
+    assert len(load_segmentation_dataset(tmp_path / "pq", split="train", cache_dir=cache)) == 2
+    assert len(load_segmentation_dataset(tmp_path / "pq", split="validation", cache_dir=cache)) == 1
+    with pytest.raises(ValueError, match="available splits"):
+        load_segmentation_dataset(tmp_path / "pq", split="extra", cache_dir=cache)
+
+
 def test_plain_parquet_image_structs_are_decoded(tmp_path):
     import io
 
@@ -598,7 +611,9 @@ def test_collator_errors():
 def test_end_to_end_synthetic_to_batches():
     dataset, names = make_synthetic_dataset("train", 4, seed=0, image_size=64)
     dataset = add_transform(dataset, TrainTransform(crop_size=64, min_size=64, seed=0))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=CATSegTrainingCollator(_tokens(), clip_resolution=64))
+    # Prompt tokens for the dataset's vocabulary: the collator refuses label ids outside it.
+    tokens = {"input_ids": torch.randint(0, 100, (len(names), 1, 77)), "attention_mask": torch.ones(len(names), 1, 77, dtype=torch.long)}
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=CATSegTrainingCollator(tokens, clip_resolution=64))
     batches = list(loader)
     assert len(batches) == 2
     assert batches[0]["pixel_values"].shape == (2, 3, 64, 64)

@@ -88,42 +88,20 @@ def _parquet_files(path: Path) -> list[str]:
 
 
 def _select_split_files(files: list[str], split: str, base: Path) -> list[str]:
-    """Pick the parquet files of ``split`` inside directory ``base`` (Hub naming conventions).
+    """Pick the parquet files of `split` inside directory `base`, with `datasets`' own split inference.
 
-    ``train-00000-of-00002.parquet``, ``data/train/...``, ``validation.parquet`` ... are recognised
-    from the path *relative to* ``base`` (``test`` counts as validation when there is no test
-    split). When no file name mentions any split, all files form the requested split.
+    `train-00000-of-00002.parquet`, `data/train/...`, `validation.parquet` ... are recognised by the patterns
+    `datasets.load_dataset` uses for Hub repositories (`datasets.data_files.get_data_patterns`); the usual aliases
+    apply (`val`/`test` for `validation` when the exact split is missing). When no file name mentions a split, all
+    files form the requested split.
     """
-    names = {
-        "train": ("train", "training"),
-        "validation": ("validation", "val", "valid", "dev"),
-        "test": ("test", "testing"),
-    }
+    from datasets.data_files import DEFAULT_PATTERNS_ALL, DataFilesDict, get_data_patterns
 
-    def split_of(path: str) -> str | None:
-        relative = Path(path).relative_to(base)
-        parts = relative.parts[:-1] + (relative.stem,)
-        tokens = set()
-        for part in parts:
-            for tok in part.replace("_", "-").replace(".", "-").split("-"):
-                tokens.add(tok.lower())
-        for canonical, aliases in names.items():
-            if tokens & set(aliases):
-                return canonical
-        return None
-
-    by_split: dict[str | None, list[str]] = {}
-    for f in files:
-        by_split.setdefault(split_of(f), []).append(f)
-    if set(by_split) == {None}:
+    patterns = get_data_patterns(str(base))
+    if patterns == DEFAULT_PATTERNS_ALL:
         return files
-    wanted = "test" if split == "test" else _canonical_split(split)
-    if wanted in by_split:
-        return by_split[wanted]
-    if split == "test" and "validation" in by_split:
-        return by_split["validation"]
-    available = sorted(k for k in by_split if k is not None)
-    raise ValueError(f"No parquet files for split {split!r}; the file names indicate the splits {available}.")
+    by_split = DataFilesDict.from_patterns(patterns, base_path=str(base), allowed_extensions=[".parquet"])
+    return list(_pick_split({str(name): found for name, found in by_split.items() if found}, split, str(base)))
 
 
 def _pick_split(dataset_dict, split: str, source: str):
