@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from catseg_hf.cli import CommandError, expand_inputs, load_model, main, palette, parse_labels
-from catseg_hf.pipelines import load_image
+from catseg_hf.inference import load_image
 from catseg_hf.testing_utils import save_tiny_model_folder
 from catseg_hf.visualization import display_image, overlay_image
 

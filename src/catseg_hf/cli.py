@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 
 from catseg_hf_cli import PROG, build_parser, main, model_reference_problem
 
-from .pipelines import default_vocabulary, load_image
+from .inference import load_image, predict_logits, prepare_images, to_label_maps
+from .pipelines import default_vocabulary
 from .visualization import class_fractions, draw_overlay, label_map_image, palette
 from .vocabulary import Vocabulary
 
@@ -253,17 +254,13 @@ def _segment_one(
 ) -> None:
     image = _read_image(plan.image)
     labels = list(vocabulary.class_names)
-    size = (image.height, image.width)
     try:
-        inputs = processor.image_processor(image, mode=mode, return_tensors="pt")
+        pixel_values, sizes = prepare_images(processor, [image], mode)
     except (TypeError, ValueError) as error:
         raise ImageError(f"cannot process the image ({_one_line(error)})") from error
     try:
-        with torch.inference_mode():
-            pixel_values = inputs["pixel_values"].to(device)
-            outputs = model(pixel_values=pixel_values, class_embeddings=vocabulary.class_embeddings)
-            label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[size], image_sizes=[size])
-            label_map = label_map[0].cpu().numpy()
+        logits = predict_logits(model, pixel_values, vocabulary)
+        label_map = to_label_maps(processor, logits, sizes)[0].cpu().numpy()
     except torch.OutOfMemoryError as error:
         raise ImageError(
             f"out of memory ({image.width}x{image.height} image, {len(labels)} classes); try --mode whole, fewer "

@@ -19,21 +19,19 @@ masks (255 inside the class, 0 elsewhere) at the original image size. The masks 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from transformers import AutoModel, AutoModelForSemanticSegmentation, Pipeline
-from transformers.image_utils import load_image as load_image_url
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
 from .configuration_catseg import CATSegConfig
-from .image_processing_catseg import _channels_first
+from .inference import image_size, load_image, predict_logits, to_label_maps
 from .modeling_catseg import CATSegForSemanticSegmentation
 from .vocabulary import VocabularyCache
 
@@ -176,9 +174,10 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
 
     # ------------------------------------------------------------------------------------------------- stages
     def preprocess(self, image: Any, mode: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+        # The stages of catseg_hf.inference.segment, split as transformers' batching needs them.
         image = load_image(image, timeout)
         inputs = self.processor.image_processor(image, mode=mode, return_tensors="pt")
-        return {"pixel_values": inputs["pixel_values"], "target_size": torch.tensor([image_size(image)])}
+        return {"pixel_values": inputs["pixel_values"], "image_size": torch.tensor([image_size(image)])}
 
     def _forward(
         self,
@@ -186,7 +185,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         candidate_labels: Sequence[str] | str | None = None,
         prompt_templates: Sequence[str] | str | None = None,
     ) -> dict[str, Any]:
-        target_size = model_inputs.pop("target_size")
+        vocabulary = None  # the model's default vocabulary
         if candidate_labels is None:
             if prompt_templates is not None:
                 raise ValueError(
@@ -194,12 +193,10 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
                     "when it was stored. Pass candidate_labels=[...] together with prompt_templates."
                 )
             self._default_labels()  # says what to do when the model has no default vocabulary
-            class_embeddings = None  # the model uses its default vocabulary
         else:
             vocabulary = self.vocabularies.get(self.model, self.processor, candidate_labels, prompt_templates)
-            class_embeddings = vocabulary.class_embeddings
-        outputs = self.model(pixel_values=model_inputs["pixel_values"].to(self.dtype), class_embeddings=class_embeddings)
-        return {"logits": outputs.logits, "target_size": target_size}
+        logits = predict_logits(self.model, model_inputs["pixel_values"], vocabulary)
+        return {"logits": logits, "image_size": model_inputs["image_size"]}
 
     def postprocess(
         self, model_outputs: dict[str, Any], candidate_labels: Sequence[str] | str | None = None
@@ -208,11 +205,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             labels = self._default_labels()
         else:
             labels = [candidate_labels] if isinstance(candidate_labels, str) else list(candidate_labels)
-        sizes = model_outputs["target_size"].tolist()
-        # The image sizes also drive the whole-mode crop of the official post-processing.
-        label_map = self.processor.post_process_semantic_segmentation(
-            {"logits": model_outputs["logits"]}, target_sizes=sizes, image_sizes=sizes
-        )[0]
+        label_map = to_label_maps(self.processor, model_outputs["logits"], model_outputs["image_size"].tolist())[0]
         return label_map_to_annotations(label_map, labels)
 
     # ------------------------------------------------------------------------------------------------- helpers
@@ -224,42 +217,6 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
                 "vocabulary; catseg_hf.pipelines.set_default_vocabulary adds one.)"
             )
         return default_vocabulary(config)
-
-
-def load_image(image: Any, timeout: float | None = None) -> Any:
-    """An image as the CATSeg image processor takes it. Local paths are opened with PIL, EXIF orientation applied,
-    keeping their mode (16-bit and palette images are converted by the image processor's own rules); HTTP(S) URLs
-    are fetched by transformers' `load_image` (as RGB); PIL images and arrays are returned as they are."""
-    if isinstance(image, os.PathLike):
-        image = os.fspath(image)
-    if isinstance(image, str):
-        if image.startswith(("http://", "https://")):
-            return load_image_url(image, timeout=timeout)
-        if not os.path.isfile(image):
-            raise FileNotFoundError(f"No image file {image!r}: give an existing path, an HTTP(S) URL or a PIL image.")
-        with Image.open(image) as opened:
-            loaded = ImageOps.exif_transpose(opened)
-            loaded.load()
-        return loaded
-    if isinstance(image, (Image.Image, np.ndarray, torch.Tensor)):
-        return image
-    raise TypeError(
-        f"Cannot segment an input of type {type(image).__name__}: give a local path, an HTTP(S) URL, a PIL image, "
-        "or a numpy array / torch tensor on the 0-255 scale."
-    )
-
-
-def image_size(image: Image.Image | np.ndarray | torch.Tensor) -> tuple[int, int]:
-    """`(height, width)` of one image, reading the channel axis of arrays as the image processor does."""
-    if isinstance(image, Image.Image):
-        return image.height, image.width
-    shape = tuple(image.shape)
-    if len(shape) == 2:
-        return shape
-    if len(shape) != 3:
-        raise ValueError(f"An image must have 2 or 3 dimensions (a 4-D input is a batch), got shape {shape}.")
-    channels_first = _channels_first(shape, isinstance(image, torch.Tensor), None)
-    return (shape[1], shape[2]) if channels_first else (shape[0], shape[1])
 
 
 def label_map_to_annotations(label_map: torch.Tensor | np.ndarray, labels: Sequence[str]) -> list[dict[str, Any]]:
@@ -337,7 +294,7 @@ def set_default_vocabulary(
     if input_ids.shape[1] != expected:
         raise ValueError(
             f"The model was built for {expected} prompt template(s) per class, got {input_ids.shape[1]}; pass "
-            f"{expected} template(s) (the model's are {list(config.prompt_templates)})."
+            f"{expected} template(s) (the processor's are {list(processor.prompt_templates)})."
         )
     # Prompts are right-padded, so the longest prompt's length bounds every real token.
     length = int(attention_mask.sum(dim=-1).max())
@@ -375,8 +332,6 @@ def register_pipelines() -> None:
 
 __all__ = [
     "ZERO_SHOT_IMAGE_SEGMENTATION_TASK",
-    "image_size",
-    "load_image",
     "ZeroShotImageSegmentationPipeline",
     "default_vocabulary",
     "label_map_to_annotations",

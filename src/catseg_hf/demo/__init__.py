@@ -41,7 +41,8 @@ import torch
 from PIL import Image
 
 from ..evaluation.benchmarks import load_class_names
-from ..pipelines import default_vocabulary, load_image
+from ..inference import load_image, predict_logits, prepare_images, to_label_maps
+from ..pipelines import default_vocabulary
 from ..visualization import class_fractions, colour_hex, display_image, draw_overlay, label_map_image, palette
 from ..vocabulary import VocabularyCache
 
@@ -247,8 +248,8 @@ class SegmentationDemo:
             step(0.05, desc="Reading the image")
             image, stem = self.read_image(image)
             try:
-                size = tuple(int(side) for side in _image_size(image))
-                inputs = self.processor.image_processor(image, mode=mode, return_tensors="pt")
+                pixel_values, sizes = prepare_images(self.processor, [image], mode)
+                size = sizes[0]
             except (TypeError, ValueError) as error:
                 raise DemoInputError(f"Cannot process this image: {_one_line(error)}") from error
 
@@ -262,14 +263,8 @@ class SegmentationDemo:
 
             step(0.4, desc=f"Segmenting ({mode})")
             try:
-                with torch.inference_mode():
-                    outputs = self.model(
-                        pixel_values=inputs["pixel_values"].to(self.model.device, self.model.dtype),
-                        class_embeddings=vocabulary.class_embeddings,
-                    )
-                    label_map = self.processor.post_process_semantic_segmentation(
-                        outputs, target_sizes=[size], image_sizes=[size]
-                    )[0]
+                logits = predict_logits(self.model, pixel_values, vocabulary)
+                label_map = to_label_maps(self.processor, logits, sizes)[0]
             except torch.OutOfMemoryError as error:
                 raise DemoInputError(
                     f"Out of memory for a {size[1]}x{size[0]} image with {len(names)} classes: try the whole mode, "
@@ -537,12 +532,6 @@ def launch(page: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, **
     options = {"server_name": host, "server_port": port, "max_file_size": MAX_FILE_SIZE}
     options.update(kwargs)
     return page.launch(**options)
-
-
-def _image_size(image: Any) -> tuple[int, int]:
-    from ..pipelines import image_size
-
-    return image_size(image)
 
 
 def _safe_stem(stem: str) -> str:
