@@ -1,10 +1,14 @@
-"""Data layer for CAT-Seg training and evaluation.
+"""Data layer for CAT-Seg training and evaluation: re-exports the public names of its modules.
 
-* :mod:`.synthetic` -- a small learnable synthetic benchmark (coloured shapes) for offline tests;
-* :mod:`.loading` -- lazily load segmentation datasets (Hub, parquet, ``save_to_disk``, image/mask
-  folders, CAT-Seg's official folder layouts) with standard ``image`` / ``label`` columns;
-* :mod:`.transforms` -- the official training augmentation and evaluation resizing;
-* :mod:`.collator` -- batch examples into ``pixel_values`` / ``labels`` + class-prompt tokens.
+* [`.synthetic`] -- a small learnable synthetic benchmark (coloured shapes) for offline tests;
+* [`.loading`] -- lazily load segmentation datasets (Hub, parquet, `save_to_disk`, image/mask
+  folders, CAT-Seg's official folder layouts) with standard `image` / `label` columns;
+* [`.folders`] -- pair image and mask folders by file stem;
+* [`.labels`] -- label remapping on access (`reduce_labels`, `label_map` with the hub `mean_iou` meaning);
+* [`.dataset_class_names`] -- class names read from datasets (the entry point is `load_class_names`, whose home is
+  the benchmark registry `catseg_hf.evaluation.benchmarks`, like `OFFICIAL_LAYOUTS`);
+* [`.transforms`] -- the official training augmentation and evaluation resizing;
+* [`.collator`] -- batch examples into `pixel_values` / `labels` + class-prompt tokens.
 
 Typical training use::
 

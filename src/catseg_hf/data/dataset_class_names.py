@@ -62,7 +62,7 @@ def _names_from_features(features) -> list[str] | None:
 
 
 def _names_from_info(info) -> list[str] | None:
-    """``id2label`` embedded in the dataset description as JSON (some converted datasets do this)."""
+    """`id2label` embedded in the dataset description as JSON (some converted datasets do this)."""
     description = getattr(info, "description", None) or ""
     try:
         data = json.loads(description)
@@ -82,12 +82,12 @@ def dataset_class_names(source_or_dataset: Any = None, class_names_file: str | o
 
     Looked up, in order:
 
-    1. ``class_names_file``: a JSON list of names (CAT-Seg's ``datasets/*.json``) or an
-       ``{id: name}`` / ``{"id2label": {...}}`` object;
-    2. a dataset object (``Dataset`` / ``IterableDataset`` / ``DatasetDict``): a ``ClassLabel``
-       feature, else an ``id2label`` JSON object stored in ``info.description``;
-    3. a local directory: ``id2label.json`` / ``class_names.json`` / ``classes.json`` /
-       ``labels.json`` inside it;
+    1. `class_names_file`: a JSON list of names (CAT-Seg's `datasets/*.json`) or an
+       `{id: name}` / `{"id2label": {...}}` object;
+    2. a dataset object (`Dataset` / `IterableDataset` / `DatasetDict`): a `ClassLabel`
+       feature, else an `id2label` JSON object stored in `info.description`;
+    3. a local directory: `id2label.json` / `class_names.json` / `classes.json` /
+       `labels.json` inside it;
     4. a Hub dataset id: the same file names in the dataset repository (needs network or cache).
 
     Raises:

@@ -16,7 +16,7 @@ MASK_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff")
 
 
 def _list_files(directory: Path, extensions: Iterable[str], recursive: bool) -> dict[str, Path]:
-    """Map stem -> path of files with one of ``extensions`` (case-insensitive)."""
+    """Map stem -> path of files with one of `extensions` (case-insensitive)."""
     extensions = tuple(e.lower() for e in extensions)
     found: dict[str, Path] = {}
     duplicates = []
@@ -53,10 +53,10 @@ def pair_files_by_stem(
     """Pair images with masks that have the same file stem; returns absolute paths, sorted.
 
     Args:
-        on_unmatched: ``"error"`` (default) raises, listing the unmatched stems;
-            ``"skip_images"`` drops images without a mask (for layouts whose image folder is a
-            superset, like VOC's ``JPEGImages``) but still raises for masks without an image;
-            ``"skip"`` drops unmatched files on both sides with a warning.
+        on_unmatched: `"error"` (default) raises, listing the unmatched stems;
+            `"skip_images"` drops images without a mask (for layouts whose image folder is a
+            superset, like VOC's `JPEGImages`) but still raises for masks without an image;
+            `"skip"` drops unmatched files on both sides with a warning.
         recursive: pair by path relative to the folders (sub-folders allowed).
     """
     if on_unmatched not in ("error", "skip", "skip_images"):
@@ -108,7 +108,7 @@ def load_image_mask_folders(
     image_extensions: Sequence[str] = IMAGE_EXTENSIONS,
     mask_extensions: Sequence[str] = MASK_EXTENSIONS,
 ):
-    """A :class:`datasets.Dataset` of (image, mask) file paths cast to ``datasets.Image()``.
+    """A [`datasets.Dataset`] of (image, mask) file paths cast to `datasets.Image()`.
 
     Only the paths are stored, so building the dataset reads no pixel data and decoding
     happens when an example is accessed. Masks are decoded as stored (16-bit masks stay 16-bit).

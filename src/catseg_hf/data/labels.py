@@ -106,10 +106,10 @@ def _smallest_dtype(label: np.ndarray) -> np.ndarray:
 
 
 class LabelRemapper:
-    """Picklable batch transform that remaps the ``label`` column (returned as integer arrays).
+    """Picklable batch transform that remaps the `label` column (returned as integer arrays).
 
-    Used by :func:`load_segmentation_dataset` through ``Dataset.with_transform`` (on access) or
-    ``IterableDataset.map`` (while streaming), so no label is decoded up front. Other columns
+    Used by [`load_segmentation_dataset`] through `Dataset.with_transform` (on access) or
+    `IterableDataset.map` (while streaming), so no label is decoded up front. Other columns
     pass through unchanged.
     """
 
@@ -157,7 +157,7 @@ class LabelRemapper:
 
 
 class _ChainedTransform:
-    """``second(first(batch))``; picklable so that DataLoader workers can use it."""
+    """`second(first(batch))`; picklable so that DataLoader workers can use it."""
 
     def __init__(self, first: Callable, second: Callable):
         self.first = first
@@ -173,12 +173,12 @@ class _ChainedTransform:
 def add_transform(dataset, transform: Callable):
     """Apply a batch transform *after* any transform the dataset already has, lazily.
 
-    ``Dataset.set_transform`` replaces the current transform -- which would silently drop the
-    label remapping installed by :func:`load_segmentation_dataset`. Use this instead to stack,
-    e.g. ``train_ds = add_transform(train_ds, TrainTransform(seed=0))``.
+    `Dataset.set_transform` replaces the current transform -- which would silently drop the
+    label remapping installed by [`load_segmentation_dataset`]. Use this instead to stack,
+    e.g. `train_ds = add_transform(train_ds, TrainTransform(seed=0))`.
 
-    Works on :class:`datasets.Dataset` (``with_transform``; returns a new dataset) and
-    :class:`datasets.IterableDataset` (``map(batched=True)``).
+    Works on [`datasets.Dataset`] (`with_transform`; returns a new dataset) and
+    [`datasets.IterableDataset`] (`map(batched=True)`).
     """
     import datasets
 
@@ -197,12 +197,12 @@ def add_transform(dataset, transform: Callable):
 
 
 def coco_stuff_raw_label_map() -> dict[int, int]:
-    """``label_map`` from raw COCO-Stuff-164k ``stuffthingmaps`` ids to CAT-Seg's 171 contiguous ids.
+    """`label_map` from raw COCO-Stuff-164k `stuffthingmaps` ids to CAT-Seg's 171 contiguous ids.
 
-    The raw maps store ``COCO category id - 1`` (0..181, 255 = unlabelled) with 11 unused ids;
-    the 171 used ids, sorted, become 0..170 (the order of CAT-Seg's ``coco.json``), and the
+    The raw maps store `COCO category id - 1` (0..181, 255 = unlabelled) with 11 unused ids;
+    the 171 used ids, sorted, become 0..170 (the order of CAT-Seg's `coco.json`), and the
     unused ids become 255. Use it for COCO-Stuff copies that were not converted by
-    ``prepare_coco_stuff.py`` (check the value range of a few masks first).
+    `prepare_coco_stuff.py` (check the value range of a few masks first).
     """
     unused = {11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90}
     used = [i for i in range(182) if i not in unused]

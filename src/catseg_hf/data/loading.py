@@ -197,7 +197,7 @@ def _standardise_columns(dataset, image_column: str | None, label_column: str | 
 
 
 def _load_hub_split(repo_id: str, split: str, streaming: bool, load_kwargs: Mapping[str, Any]):
-    """``datasets.load_dataset(repo_id, split=...)``, trying the usual names of evaluation splits.
+    """`datasets.load_dataset(repo_id, split=...)`, trying the usual names of evaluation splits.
 
     Hub datasets call their evaluation split "validation", "val" or "test"; asking for any of
     them falls back to the others when the exact name does not exist.
@@ -238,41 +238,41 @@ def load_segmentation_dataset(
     recursive: bool = False,
     **load_kwargs: Any,
 ):
-    """Load a semantic-segmentation dataset with standard ``image`` / ``label`` columns, lazily.
+    """Load a semantic-segmentation dataset with standard `image` / `label` columns, lazily.
 
     Args:
         source: one of
 
-            * a Hub dataset id (``"GATE-engine/COCOStuff164K"``);
+            * a Hub dataset id (`"GATE-engine/COCOStuff164K"`);
             * a parquet file, glob or directory of parquet files;
-            * a ``save_to_disk`` directory;
-            * a ``(image_dir, mask_dir)`` pair (or use ``image_dir=`` / ``mask_dir=``);
-            * with ``layout=``: the data root holding CAT-Seg's prepared datasets (default:
-              ``$DETECTRON2_DATASETS`` or ``"datasets"``, as in the official code).
-        split: ``"train"``, ``"validation"`` (aliases ``"val"``, ``"test"`` for the official
+            * a `save_to_disk` directory;
+            * a `(image_dir, mask_dir)` pair (or use `image_dir=` / `mask_dir=`);
+            * with `layout=`: the data root holding CAT-Seg's prepared datasets (default:
+              `$DETECTRON2_DATASETS` or `"datasets"`, as in the official code).
+        split: `"train"`, `"validation"` (aliases `"val"`, `"test"` for the official
             evaluation sets), or any split name of the source.
         image_column, label_column: source column names; auto-detected when omitted (see
-            :data:`IMAGE_COLUMN_CANDIDATES`, :data:`LABEL_COLUMN_CANDIDATES`), then renamed to
-            ``image`` and ``label``.
-        streaming: return an :class:`datasets.IterableDataset` (no Arrow cache is written for
+            [`IMAGE_COLUMN_CANDIDATES`], [`LABEL_COLUMN_CANDIDATES`]), then renamed to
+            `image` and `label`.
+        streaming: return an [`datasets.IterableDataset`] (no Arrow cache is written for
             hub/parquet sources).
-        layout: a key of :data:`OFFICIAL_LAYOUTS` (``"coco_stuff"``, ``"ade150"``, ``"ade847"``,
-            ``"pc59"``, ``"pc459"``, ``"voc20"``, ``"voc20b"``).
+        layout: a key of [`OFFICIAL_LAYOUTS`] (`"coco_stuff"`, `"ade150"`, `"ade847"`,
+            `"pc59"`, `"pc459"`, `"voc20"`, `"voc20b"`).
         reduce_labels, label_map: label remapping (module docstring); applied on access.
         ignore_index: ignore value of the returned labels. Default: 255, or the layout's own
             ignore value for layouts (65535 for ADE-847, 459 for PASCAL-Context-459).
-        source_ignore_value: ignore value stored in the files, remapped to ``ignore_index``
+        source_ignore_value: ignore value stored in the files, remapped to `ignore_index`
             (e.g. 65535 -> 255). For layouts it defaults to the layout's ignore value.
-        on_unmatched: how unpaired folder files are handled (see :func:`pair_files_by_stem`);
-            default ``"error"``, and ``"skip_images"`` for layouts (their image folders are
+        on_unmatched: how unpaired folder files are handled (see [`pair_files_by_stem`]);
+            default `"error"`, and `"skip_images"` for layouts (their image folders are
             supersets of the annotated images).
         recursive: search image/mask folders recursively (pairing by relative path).
-        **load_kwargs: forwarded to :func:`datasets.load_dataset` (e.g. ``name``,
-            ``revision``, ``cache_dir``, ``token``).
+        **load_kwargs: forwarded to [`datasets.load_dataset`] (e.g. `name`,
+            `revision`, `cache_dir`, `token`).
 
     Returns:
-        a :class:`datasets.Dataset` (or :class:`datasets.IterableDataset` when streaming) whose
-        ``image`` and ``label`` columns decode to PIL images; other source columns are kept.
+        a [`datasets.Dataset`] (or [`datasets.IterableDataset`] when streaming) whose
+        `image` and `label` columns decode to PIL images; other source columns are kept.
     """
     import datasets
 

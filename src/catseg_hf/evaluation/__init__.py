@@ -1,14 +1,17 @@
-"""Evaluation tools for catseg-hf: the mean-IoU metric and the benchmark registry.
+"""Evaluation tools for catseg-hf: re-exports the mean-IoU metric and the benchmark registry.
 
-* :class:`StreamingMeanIoU`: mean IoU with the Hugging Face hub ``mean_iou`` semantics, accumulated
+* [`StreamingMeanIoU`]: mean IoU with the Hugging Face hub `mean_iou` semantics, accumulated
   in one confusion matrix (NumPy or torch, any device), mergeable across processes.
-* :func:`mean_iou_metric_path`: absolute path of the same metric as an ``evaluate`` script, for
-  ``evaluate.load(mean_iou_metric_path())``.
-* :func:`get_benchmark`, :func:`list_benchmarks`, :func:`load_class_names`: the benchmarks CAT-Seg
-  reports (A-847, PC-459, A-150, PC-59, PAS-20, PAS-20b) and COCO-Stuff.
+* [`mean_iou_metric_path`]: absolute path of the same metric as an `evaluate` script, for
+  `evaluate.load(mean_iou_metric_path())`.
+* [`get_benchmark`], [`list_benchmarks`], [`load_class_names`]: the benchmarks CAT-Seg
+  reports (A-847, PC-459, A-150, PC-59, PAS-20, PAS-20b) and COCO-Stuff, from the one registry
+  (`.benchmarks`; `OFFICIAL_LAYOUTS` for training folders is a view of it).
+* `.runner` runs the official protocol (`scripts/evaluate.py`), from `.sources` (options, data sources),
+  `.loop` (one benchmark) and `.reports` (table, files).
 
-This subpackage itself imports neither ``evaluate`` nor ``datasets`` (slow imports): only
-``evaluate.load(mean_iou_metric_path())`` pays for them. It needs torch only when given tensors.
+This subpackage itself imports neither `evaluate` nor `datasets` (slow imports): only
+`evaluate.load(mean_iou_metric_path())` pays for them. It needs torch only when given tensors.
 """
 
 from .benchmarks import (
@@ -21,6 +24,8 @@ from .benchmarks import (
     get_benchmark,
     list_benchmarks,
     load_class_names,
+    OFFICIAL_LAYOUTS,
+    OfficialLayout,
 )
 from .metrics import PAD_INDEX, StreamingMeanIoU, mean_iou_metric_path
 
@@ -37,4 +42,6 @@ __all__ = [
     "list_benchmarks",
     "load_class_names",
     "default_class_names_dir",
+    "OFFICIAL_LAYOUTS",
+    "OfficialLayout",
 ]

@@ -1,34 +1,37 @@
-"""Registry of the benchmarks CAT-Seg reports (A-847, PC-459, A-150, PC-59, PAS-20, PAS-20b) plus
-COCO-Stuff (its training set's validation split).
+"""The one registry of benchmark and dataset facts, used by training and evaluation alike.
 
-Each :class:`Benchmark` is immutable data: class count, ignore id, label bit depth, class-name file,
-the folder layout the official preparation scripts produce, and the official mIoU. Nothing here
-reads images; the class-name lists are data files that live outside the package (see
-:func:`load_class_names`).
+It covers the benchmarks CAT-Seg reports (A-847, PC-459, A-150, PC-59, PAS-20, PAS-20b) plus COCO-Stuff (its
+training set, and that set's validation split). Each [`Benchmark`] is immutable data: names and aliases, class count,
+ignore id, label bit depth, class-name file, the folder layout the official preparation scripts produce (training
+split included where CAT-Seg trains), the metric settings and the official mIoU. `OFFICIAL_LAYOUTS` (the folder
+layouts of `load_segmentation_dataset(layout=...)`) is a view derived from it, and [`load_class_names`] is the
+project's one class-name lookup: benchmark names are answered from the lists shipped as package data
+(`class_names/`), anything else (dataset objects, folders, JSON files, Hub ids) by
+`catseg_hf.data.dataset_class_names`. Nothing here reads images.
 
 Provenance (checked against the official CAT-Seg repository, github.com/cvlab-kaist/CAT-Seg,
-``datasets/README.md``, ``datasets/prepare_*.py``, ``cat_seg/data/datasets/register_*.py``,
-``train_net.py`` and ``eval.sh``):
+`datasets/README.md`, `datasets/prepare_*.py`, `cat_seg/data/datasets/register_*.py`,
+`train_net.py` and `eval.sh`):
 
 * folder layouts, annotation extensions, ignore ids and detectron2 dataset names are those of the
-  ``register_*.py`` files. The A-847 preparation script (``prepare_ade20k_847.py``) was not
-  available to check, so how ``ADE20K_2021_17_01/images_detectron2`` and
-  ``annotations_detectron2`` are produced is unverified; their paths are the registered ones.
-* PAS-20 and PAS-20b images are read from ``VOCdevkit/VOC2012/JPEGImages`` (the registered image
-  root; ``prepare_voc.py`` has its ``images_detectron2`` copy commented out), Pascal Context images
-  from ``VOCdevkit/VOC2010/JPEGImages``. detectron2 pairs an image with each annotation file, so
+  `register_*.py` files. The A-847 preparation script (`prepare_ade20k_847.py`) was not
+  available to check, so how `ADE20K_2021_17_01/images_detectron2` and
+  `annotations_detectron2` are produced is unverified; their paths are the registered ones.
+* PAS-20 and PAS-20b images are read from `VOCdevkit/VOC2012/JPEGImages` (the registered image
+  root; `prepare_voc.py` has its `images_detectron2` copy commented out), Pascal Context images
+  from `VOCdevkit/VOC2010/JPEGImages`. detectron2 pairs an image with each annotation file, so
   only annotated (validation) images are evaluated.
-* PC-459 annotations are 16-bit TIFFs of ``LabelMap - 1`` from the Pascal-Context ``.mat`` files
+* PC-459 annotations are 16-bit TIFFs of `LabelMap - 1` from the Pascal-Context `.mat` files
   (ids 0..458); the registered ignore id is 459 (not 65535) - no pixel should carry it.
-* A-847 annotations are 16-bit TIFFs whose ignore value is 65535 (registered ``ignore_label``).
-* PAS-20b: annotations map VOC background to 20 (``annotations_detectron2_bg``); the model is
-  prompted with the 59 names of ``voc20b.json`` (20 VOC classes then 39 Pascal-Context classes)
-  and, in the official ``VOCbEvaluator``, every predicted id >= 20 is folded into 20
+* A-847 annotations are 16-bit TIFFs whose ignore value is 65535 (registered `ignore_label`).
+* PAS-20b: annotations map VOC background to 20 (`annotations_detectron2_bg`); the model is
+  prompted with the 59 names of `voc20b.json` (20 VOC classes then 39 Pascal-Context classes)
+  and, in the official `VOCbEvaluator`, every predicted id >= 20 is folded into 20
   ("background") before scoring 21 classes.
 * The reported mIoU values are those of the official README table (also in this project's
-  ``shared/docs/catseg-reference.md``); they were computed with detectron2's ``SemSegEvaluator``,
+  `shared/docs/catseg-reference.md`); they were computed with detectron2's `SemSegEvaluator`,
   which averages only over classes present in the references (see
-  ``StreamingMeanIoU.compute_detectron2``).
+  `StreamingMeanIoU.compute_detectron2`).
 """
 
 from __future__ import annotations
@@ -62,9 +65,9 @@ __all__ = [
 class HubSource:
     """A Hugging Face Hub dataset that may serve a benchmark without the official preparation.
 
-    Only an *example*: unless ``verified`` is True nobody has checked here that its split, ids and
-    images are identical to the official benchmark's. ``reduce_labels`` says whether its label ids
-    need the hub-metric ``reduce_labels`` transform to match the benchmark's ids.
+    Only an *example*: unless `verified` is True nobody has checked here that its split, ids and
+    images are identical to the official benchmark's. `reduce_labels` says whether its label ids
+    need the hub-metric `reduce_labels` transform to match the benchmark's ids.
     """
 
     dataset_id: str
@@ -82,24 +85,24 @@ class Benchmark:
     """Immutable description of one evaluation benchmark.
 
     Attributes:
-        key: canonical short name (``"a150"``).
-        display_name: column name in the paper's table (``"A-150"``).
+        key: canonical short name (`"a150"`).
+        display_name: column name in the paper's table (`"A-150"`).
         description: human-readable dataset and split.
         num_classes: number of class names the model is prompted with (entries of the JSON file).
-        class_names_file: file name of the class-name list (``"ade150.json"``).
+        class_names_file: file name of the class-name list (`"ade150.json"`).
         ignore_index: reference id that is not scored.
         label_bit_depth: 8 or 16 (bits per annotation pixel).
-        image_dir: image folder relative to the data root (``$DETECTRON2_DATASETS``).
+        image_dir: image folder relative to the data root (`$DETECTRON2_DATASETS`).
         annotation_dir: annotation folder relative to the data root.
         image_extension, annotation_extension: file extensions, with the dot.
-        detectron2_name: the official dataset name (``DATASETS.TEST`` in ``eval.sh``).
-        num_eval_labels: number of classes scored (``num_labels`` of the metric): equals
-            ``num_classes`` except for PAS-20b (21: 20 VOC classes + background).
+        detectron2_name: the official dataset name (`DATASETS.TEST` in `eval.sh`).
+        num_eval_labels: number of classes scored (`num_labels` of the metric): equals
+            `num_classes` except for PAS-20b (21: 20 VOC classes + background).
         background_index: PAS-20b only: predicted ids >= it are folded into it before scoring
-            (see :meth:`fold_predictions`); None elsewhere.
+            (see [`fold_predictions`]); None elsewhere.
         reported_miou_base, reported_miou_large: official mIoU (percent) of CAT-Seg ViT-B/16 and
             ViT-L/14; None where not reported (COCO-Stuff).
-        aliases: other accepted names (matched case-, space-, ``-`` and ``_``-insensitively).
+        aliases: other accepted names (matched case-, space-, `-` and `_`-insensitively).
         hub: an example Hub dataset, or None when none is known.
         notes: provenance and caveats.
         layout: the name of its prepared folder layout in `load_segmentation_dataset(layout=...)`
@@ -144,7 +147,7 @@ class Benchmark:
         return self.reported_miou_base is not None
 
     def reported_miou(self, variant: str = "base") -> float | None:
-        """Official mIoU (percent) for ``variant`` ``"base"`` (ViT-B/16) or ``"large"`` (ViT-L/14)."""
+        """Official mIoU (percent) for `variant` `"base"` (ViT-B/16) or `"large"` (ViT-L/14)."""
         variant = variant.lower()
         if variant in ("base", "b", "vit-b", "vitb", "vit-b/16"):
             return self.reported_miou_base
@@ -153,22 +156,22 @@ class Benchmark:
         raise ValueError(f"unknown model variant {variant!r}; use 'base' or 'large'")
 
     def image_path(self, data_root: str | os.PathLike) -> Path:
-        """``data_root / image_dir``."""
+        """`data_root / image_dir`."""
         return Path(data_root) / self.image_dir
 
     def annotation_path(self, data_root: str | os.PathLike) -> Path:
-        """``data_root / annotation_dir``."""
+        """`data_root / annotation_dir`."""
         return Path(data_root) / self.annotation_dir
 
     def metric_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``StreamingMeanIoU`` / the ``evaluate`` metric on this benchmark's
-        prepared annotations (ids already contiguous, so no ``reduce_labels`` or ``label_map``)."""
+        """Keyword arguments for `StreamingMeanIoU` / the `evaluate` metric on this benchmark's
+        prepared annotations (ids already contiguous, so no `reduce_labels` or `label_map`)."""
         return {"num_labels": self.num_eval_labels, "ignore_index": self.ignore_index}
 
     def fold_predictions(self, predictions: Any) -> Any:
         """Apply the benchmark's prediction post-processing before scoring.
 
-        For PAS-20b, every id >= ``background_index`` becomes ``background_index`` (the official
+        For PAS-20b, every id >= `background_index` becomes `background_index` (the official
         evaluator scores the 39 extra Pascal-Context prompts as "background"). Elsewhere the input
         is returned unchanged. Works on NumPy arrays and torch tensors; never modifies its input.
         """
@@ -410,8 +413,8 @@ _ALIASES = _build_alias_index()
 
 
 def list_benchmarks(paper_only: bool = False) -> list[str]:
-    """Canonical benchmark keys: the paper's six in table order, then ``coco_stuff`` unless
-    ``paper_only``."""
+    """Canonical benchmark keys: the paper's six in table order, then `coco_stuff` unless
+    `paper_only`."""
     keys = list(PAPER_BENCHMARKS)
     if not paper_only:
         keys += [k for k in BENCHMARKS if k not in PAPER_BENCHMARKS]
@@ -419,8 +422,8 @@ def list_benchmarks(paper_only: bool = False) -> list[str]:
 
 
 def get_benchmark(name: str | Benchmark) -> Benchmark:
-    """Look a benchmark up by key, display name or alias (``"a150"``, ``"A-150"``, ``"ade150"``,
-    ``"ADE20K-150"``, the detectron2 dataset name ...), ignoring case, spaces, ``-``, ``_``.
+    """Look a benchmark up by key, display name or alias (`"a150"`, `"A-150"`, `"ade150"`,
+    `"ADE20K-150"`, the detectron2 dataset name ...), ignoring case, spaces, `-`, `_`.
 
     Raises:
         ValueError: for an unknown name; the message lists the valid keys and display names.
@@ -437,8 +440,8 @@ def get_benchmark(name: str | Benchmark) -> Benchmark:
 def default_class_names_dir() -> Path:
     """Folder searched for the class-name JSON files when none is given.
 
-    ``$CATSEG_SHARED_DIR/benchmarks`` when the environment variable is set (it points at the
-    ``shared`` folder), else the copies shipped inside the package (``catseg_hf/evaluation/
+    `$CATSEG_SHARED_DIR/benchmarks` when the environment variable is set (it points at the
+    `shared` folder), else the copies shipped inside the package (``catseg_hf/evaluation/
     class_names``), so that an installed package finds them wherever it runs.
     """
     shared = os.environ.get("CATSEG_SHARED_DIR")

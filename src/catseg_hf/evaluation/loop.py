@@ -17,22 +17,22 @@ from .benchmarks import Benchmark, get_benchmark
 from .metrics import StreamingMeanIoU
 from .sources import DataSource, EvaluationSetupError
 
-#: detectron2 test-time ``ResizeShortestEdge`` of the official CAT-Seg configs (``INPUT.MIN_SIZE_TEST`` /
-#: ``INPUT.MAX_SIZE_TEST``).
+#: detectron2 test-time `ResizeShortestEdge` of the official CAT-Seg configs (`INPUT.MIN_SIZE_TEST` /
+#: `INPUT.MAX_SIZE_TEST`).
 TEST_SHORT_EDGE = 640
 TEST_MAX_SIZE = 2560
 
 
 def prepare_test_image(image: Any, short_edge: int = TEST_SHORT_EDGE, max_size: int = TEST_MAX_SIZE) -> np.ndarray:
-    """The official test mapper's image: RGB uint8 ``(H, W, 3)``, shorter side resized to ``short_edge`` (longer side
-    at most ``max_size``), bilinear with PIL as detectron2's ``ResizeShortestEdge`` on uint8 images."""
+    """The official test mapper's image: RGB uint8 `(H, W, 3)`, shorter side resized to `short_edge` (longer side
+    at most `max_size`), bilinear with PIL as detectron2's `ResizeShortestEdge` on uint8 images."""
     from ..data.transforms import resize_shortest_edge, to_uint8_rgb
 
     return resize_shortest_edge(to_uint8_rgb(image), short_edge, max_size)
 
 
 def prepare_label(label: Any) -> np.ndarray:
-    """An annotation as an int64 ``(H, W)`` array with its stored values (16-bit ids and 65535 kept)."""
+    """An annotation as an int64 `(H, W)` array with its stored values (16-bit ids and 65535 kept)."""
     from ..data.transforms import to_label_array
 
     return to_label_array(label).astype(np.int64)
@@ -46,17 +46,17 @@ def predict_label_maps(
     target_sizes: Sequence[tuple[int, int]],
     image_sizes: Sequence[tuple[int, int]],
 ) -> list[Any]:
-    """One forward over a batch of images, then the processor's post-processing to ``target_sizes``.
+    """One forward over a batch of images, then the processor's post-processing to `target_sizes`.
 
     Args:
-        pixel_values: the processor's ``pixel_values`` for the batch, one row per image (``(N, 3, R, R)`` whole,
-            ``(N, V, 3, R, R)`` sliding).
-        class_embeddings: ``(T, P, C)``, from a :class:`~catseg_hf.vocabulary.Vocabulary`.
-        target_sizes: ``(height, width)`` of each image's annotation.
-        image_sizes: ``(height, width)`` of each image as the processor got it (the official whole-mode crop).
+        pixel_values: the processor's `pixel_values` for the batch, one row per image (`(N, 3, R, R)` whole,
+            `(N, V, 3, R, R)` sliding).
+        class_embeddings: `(T, P, C)`, from a [`catseg_hf.vocabulary.Vocabulary`].
+        target_sizes: `(height, width)` of each image's annotation.
+        image_sizes: `(height, width)` of each image as the processor got it (the official whole-mode crop).
 
     Returns:
-        One int64 ``(height, width)`` label map per image, on the model's device.
+        One int64 `(height, width)` label map per image, on the model's device.
     """
     import torch
 
@@ -70,8 +70,8 @@ def predict_label_maps(
 def check_annotation_ids(label: np.ndarray, benchmark: str | Benchmark, index: Any = None) -> None:
     """Stops with a message when an annotation holds ids the benchmark cannot score.
 
-    Every annotated id must be a class (``0 .. num_eval_labels - 1``) or the ignore id; ``mean_iou`` would drop any
-    other id silently, which is how a forgotten ``--reduce-labels`` (raw ADE20K ids are 1..150 with 0 for "other")
+    Every annotated id must be a class (`0 .. num_eval_labels - 1`) or the ignore id; `mean_iou` would drop any
+    other id silently, which is how a forgotten `--reduce-labels` (raw ADE20K ids are 1..150 with 0 for "other")
     turns into an mIoU near zero with exit code 0.
 
     Raises:
@@ -100,7 +100,7 @@ def check_annotation_ids(label: np.ndarray, benchmark: str | Benchmark, index: A
 
 
 def scoring_class_names(benchmark: str | Benchmark, class_names: Sequence[str]) -> list[str]:
-    """Names of the ``num_eval_labels`` scored classes: the prompted names, except that PAS-20b scores 20 VOC classes
+    """Names of the `num_eval_labels` scored classes: the prompted names, except that PAS-20b scores 20 VOC classes
     plus "background" (its 39 extra prompts are folded into it)."""
     bench = get_benchmark(benchmark)
     names = list(class_names[: bench.num_eval_labels])
@@ -172,7 +172,7 @@ class BenchmarkResult:
         return {"hub": hub, "detectron2": d2}
 
     def summary(self, variant: str | None = None) -> dict[str, Any]:
-        """The JSON-able entry of ``results.json`` for this benchmark."""
+        """The JSON-able entry of `results.json` for this benchmark."""
         scores = self.scores()
         hub, d2 = scores["hub"], scores["detectron2"]
         reported = self.benchmark.reported_miou(variant) if variant else None
@@ -241,27 +241,27 @@ def evaluate_benchmark(
     short_edge: int = TEST_SHORT_EDGE,
     max_size: int = TEST_MAX_SIZE,
 ) -> BenchmarkResult:
-    """Evaluate ``model`` on one benchmark with the official protocol (see the module docstring).
+    """Evaluate `model` on one benchmark with the official protocol (see the module docstring).
 
     Args:
-        model: a :class:`~catseg_hf.CATSegForSemanticSegmentation` in eval mode, on its device.
-        processor: the matching :class:`~catseg_hf.CATSegProcessor`.
+        model: a [`catseg_hf.CATSegForSemanticSegmentation`] in eval mode, on its device.
+        processor: the matching [`catseg_hf.CATSegProcessor`].
         benchmark: the benchmark (or its name).
-        dataset: its examples (``image`` / ``label`` columns), e.g. from :func:`load_benchmark_data`.
-        class_names: the benchmark's class names, in label-id order (``len == benchmark.num_classes``).
+        dataset: its examples (`image` / `label` columns), e.g. from [`load_benchmark_data`].
+        class_names: the benchmark's class names, in label-id order (`len == benchmark.num_classes`).
         source: where the data came from (recorded in the results).
         batch_size: images per forward (their views are concatenated in one batch).
-        mode: ``"sliding"`` (official) or ``"whole"``.
-        limit: evaluate only the first ``limit`` examples (in the dataset's order).
+        mode: `"sliding"` (official) or `"whole"`.
+        limit: evaluate only the first `limit` examples (in the dataset's order).
         num_workers: DataLoader workers decoding and resizing the images.
-        process_index, num_processes: this process's rank and the world size; process ``r`` takes the examples
-            ``r, r + n, r + 2n, ...`` and the confusion matrices are summed over processes
-            (:meth:`StreamingMeanIoU.reduce_across_processes`, a no-op without ``torch.distributed``).
+        process_index, num_processes: this process's rank and the world size; process `r` takes the examples
+            `r, r + n, r + 2n, ...` and the confusion matrices are summed over processes
+            ([`StreamingMeanIoU.reduce_across_processes`], a no-op without `torch.distributed`).
         show_progress: draw a tqdm bar (only the main process should).
         short_edge, max_size: the test-time resize (official: 640, 2560).
 
     Returns:
-        A :class:`BenchmarkResult` holding the global (all-process) counts.
+        A [`BenchmarkResult`] holding the global (all-process) counts.
     """
     import torch
     from torch.utils.data import DataLoader

@@ -1,10 +1,10 @@
-"""Streaming mean IoU for semantic segmentation, with the hub ``mean_iou`` metric's semantics.
+"""Streaming mean IoU for semantic segmentation, with the hub `mean_iou` metric's semantics.
 
-:class:`StreamingMeanIoU` accumulates one ``(K + 1) x (K + 1)`` int64 matrix (see
-``catseg_hf/evaluation/mean_iou/mean_iou_core.py`` for the exact semantics and why the extra row and
+[`StreamingMeanIoU`] accumulates one `(K + 1) x (K + 1)` int64 matrix (see
+`catseg_hf/evaluation/mean_iou/mean_iou_core.py` for the exact semantics and why the extra row and
 column exist), so its memory does not grow with the number of images, and it can be summed across
-processes before :meth:`StreamingMeanIoU.compute`. The ``evaluate`` metric returned by
-``evaluate.load(mean_iou_metric_path())`` computes through the same core functions.
+processes before [`StreamingMeanIoU.compute`]. The `evaluate` metric returned by
+`evaluate.load(mean_iou_metric_path())` computes through the same core functions.
 """
 
 from __future__ import annotations
@@ -30,32 +30,32 @@ __all__ = ["StreamingMeanIoU", "mean_iou_metric_path", "PAD_INDEX"]
 
 
 def mean_iou_metric_path() -> str:
-    """Absolute path of the ``evaluate`` metric script, for ``evaluate.load(mean_iou_metric_path())``.
+    """Absolute path of the `evaluate` metric script, for `evaluate.load(mean_iou_metric_path())`.
 
-    An absolute path matters: ``evaluate.load`` resolves a relative name against the current
-    directory and then the Hub (which is unreachable with ``HF_HUB_OFFLINE=1``).
+    An absolute path matters: `evaluate.load` resolves a relative name against the current
+    directory and then the Hub (which is unreachable with `HF_HUB_OFFLINE=1`).
     """
     return str((Path(__file__).resolve().parent / "mean_iou" / "mean_iou.py"))
 
 
 class StreamingMeanIoU:
-    """Mean IoU accumulated batch by batch in a confusion matrix (hub ``mean_iou`` semantics).
+    """Mean IoU accumulated batch by batch in a confusion matrix (hub `mean_iou` semantics).
 
-    Results equal those of the Hugging Face hub metric ``evaluate-metric/mean_iou`` called on all the
-    maps at once with the same ``num_labels``, ``ignore_index``, ``label_map`` and ``reduce_labels``
-    (``label_map`` entries chain, as they do there), with one addition: pixels whose raw reference
-    equals ``pad_index`` (-100, ``transformers.Trainer``'s padding) are never counted, nor are
+    Results equal those of the Hugging Face hub metric `evaluate-metric/mean_iou` called on all the
+    maps at once with the same `num_labels`, `ignore_index`, `label_map` and `reduce_labels`
+    (`label_map` entries chain, as they do there), with one addition: pixels whose raw reference
+    equals `pad_index` (-100, `transformers.Trainer`'s padding) are never counted, nor are
     their predictions. The caller's arrays are never modified.
 
-    When the first update receives a ``torch.Tensor`` the matrix lives on that tensor's device and
-    all counting happens there (``torch.bincount``); otherwise it is a NumPy array. Later inputs are
+    When the first update receives a `torch.Tensor` the matrix lives on that tensor's device and
+    all counting happens there (`torch.bincount`); otherwise it is a NumPy array. Later inputs are
     converted to wherever the matrix lives.
 
     Args:
-        num_labels: number of classes K. Ids outside ``[0, K)`` belong to no class.
-        ignore_index: reference id, after ``label_map`` and ``reduce_labels``, whose pixels are
+        num_labels: number of classes K. Ids outside `[0, K)` belong to no class.
+        ignore_index: reference id, after `label_map` and `reduce_labels`, whose pixels are
             dropped; None drops none.
-        reduce_labels: hub ``reduce_labels`` on the references (0 -> 255, then -1, then 254 -> 255).
+        reduce_labels: hub `reduce_labels` on the references (0 -> 255, then -1, then 254 -> 255).
         label_map: old id -> new id for references, applied entry after entry in iteration order.
         pad_index: raw reference id never counted; None disables this extension.
 
@@ -92,14 +92,14 @@ class StreamingMeanIoU:
         """Add maps to the running counts.
 
         Args:
-            predictions: one map (e.g. ``(H, W)``), a batch (e.g. ``(B, H, W)``), or a sequence of
+            predictions: one map (e.g. `(H, W)`), a batch (e.g. `(B, H, W)`), or a sequence of
                 maps that may differ in size; NumPy arrays, torch tensors or nested lists, integer
                 ids (integral floats are accepted).
             references: the matching ground truth, in any of the same layouts, each map the same
                 shape as its prediction.
 
         Returns:
-            ``self``, so calls can be chained.
+            `self`, so calls can be chained.
 
         Raises:
             ValueError: on mismatched shapes or numbers of maps (the message gives the shapes).
@@ -134,18 +134,18 @@ class StreamingMeanIoU:
         """The hub metric's result for everything added so far.
 
         Returns:
-            ``{"mean_iou", "mean_accuracy", "overall_accuracy"}`` as NumPy float64 scalars and
-            ``{"per_category_iou", "per_category_accuracy"}`` as float64 arrays of length K; NaN for
+            `{"mean_iou", "mean_accuracy", "overall_accuracy"}` as NumPy float64 scalars and
+            `{"per_category_iou", "per_category_accuracy"}` as float64 arrays of length K; NaN for
             classes absent from both predictions and references (or everywhere if nothing was
-            counted), unless ``nan_to_num`` is given, in which case every NaN is replaced by it.
+            counted), unless `nan_to_num` is given, in which case every NaN is replaced by it.
         """
         return metrics_from_confusion(self.extended_confusion_matrix_numpy(), nan_to_num=nan_to_num)
 
     def compute_detectron2(self) -> dict[str, Any]:
-        """The same counts scored the way detectron2's ``SemSegEvaluator`` does (CAT-Seg's paper
+        """The same counts scored the way detectron2's `SemSegEvaluator` does (CAT-Seg's paper
         numbers come from it), which differs from the hub metric in which classes are averaged.
 
-        See :func:`~catseg_hf.evaluation.mean_iou.mean_iou_core.detectron2_metrics_from_confusion`.
+        See [`catseg_hf.evaluation.mean_iou.mean_iou_core.detectron2_metrics_from_confusion`].
         """
         return detectron2_metrics_from_confusion(self.extended_confusion_matrix_numpy())
 
@@ -161,7 +161,7 @@ class StreamingMeanIoU:
         """Add another accumulator's counts into this one (e.g. from another worker).
 
         Raises:
-            ValueError: if ``other`` counts a different number of classes.
+            ValueError: if `other` counts a different number of classes.
         """
         if not isinstance(other, StreamingMeanIoU):
             raise TypeError(f"can only merge another StreamingMeanIoU, got {type(other).__name__}")
@@ -207,31 +207,31 @@ class StreamingMeanIoU:
 
     @property
     def device(self) -> Any:
-        """``torch.device`` of the matrix, or None while it is a NumPy array (or not created yet)."""
+        """`torch.device` of the matrix, or None while it is a NumPy array (or not created yet)."""
         return self._matrix.device if is_torch_tensor(self._matrix) else None
 
     @property
     def extended_confusion_matrix(self) -> Any:
-        """The ``(K + 1) x (K + 1)`` int64 counts (rows: reference, columns: prediction; index K:
-        ids outside ``[0, K)``), as stored (NumPy array or torch tensor). Zeros before any update."""
+        """The `(K + 1) x (K + 1)` int64 counts (rows: reference, columns: prediction; index K:
+        ids outside `[0, K)`), as stored (NumPy array or torch tensor). Zeros before any update."""
         if self._matrix is None:
             return np.zeros((self.num_labels + 1, self.num_labels + 1), dtype=np.int64)
         return self._matrix
 
     def extended_confusion_matrix_numpy(self) -> np.ndarray:
-        """:attr:`extended_confusion_matrix` as a NumPy array on the host."""
+        """[`extended_confusion_matrix`] as a NumPy array on the host."""
         matrix = self.extended_confusion_matrix
         return matrix.detach().cpu().numpy() if is_torch_tensor(matrix) else matrix
 
     @property
     def confusion_matrix(self) -> Any:
-        """The ``K x K`` int64 confusion matrix (rows: reference class, columns: predicted class),
+        """The `K x K` int64 confusion matrix (rows: reference class, columns: predicted class),
         as stored (NumPy array or torch tensor; a view of the internal counts, do not modify)."""
         return self.extended_confusion_matrix[: self.num_labels, : self.num_labels]
 
     def areas(self) -> dict[str, np.ndarray]:
-        """Per-class ``area_intersect``, ``area_union``, ``area_pred_label``, ``area_label``
-        (int64 NumPy vectors), exactly the hub's ``total_*`` areas."""
+        """Per-class `area_intersect`, `area_union`, `area_pred_label`, `area_label`
+        (int64 NumPy vectors), exactly the hub's `total_*` areas."""
         return areas_from_confusion(self.extended_confusion_matrix_numpy())
 
     @property

@@ -23,7 +23,7 @@ _VARIANT_LABELS = {"base": "CAT-Seg base (ViT-B/16)", "large": "CAT-Seg large (V
 
 
 def infer_variant(config: Any) -> str | None:
-    """``"base"`` / ``"large"`` when the model has the geometry of a released CAT-Seg model, else None.
+    """`"base"` / `"large"` when the model has the geometry of a released CAT-Seg model, else None.
 
     Only used to print the officially reported numbers next to the measured ones; weights are not inspected.
     """
@@ -49,10 +49,10 @@ def format_results_table(
     results: Sequence[BenchmarkResult], model_name: str, variant: str | None = None
 ) -> str:
     """The paper-style table (Markdown): the paper's six columns (plus any other benchmark evaluated), numbers in %
-    with one decimal, ``-`` where not evaluated.
+    with one decimal, `-` where not evaluated.
 
-    Rows: the model's mIoU with the hub ``mean_iou`` semantics (primary), its detectron2-style mIoU (the paper's
-    averaging), and, when ``variant`` is known, the official numbers reported by CAT-Seg's authors.
+    Rows: the model's mIoU with the hub `mean_iou` semantics (primary), its detectron2-style mIoU (the paper's
+    averaging), and, when `variant` is known, the official numbers reported by CAT-Seg's authors.
     """
     by_key = {result.benchmark.key: result for result in results}
     columns = list(PAPER_BENCHMARKS) + [key for key in by_key if key not in PAPER_BENCHMARKS]
@@ -99,7 +99,7 @@ def write_results(
     variant: str | None = None,
     table: str | None = None,
 ) -> dict[str, Path]:
-    """Write ``results.json``, ``<key>_per_class.csv`` per benchmark and (when given) ``results.md`` (the table).
+    """Write `results.json`, `<key>_per_class.csv` per benchmark and (when given) `results.md` (the table).
 
     Returns:
         The written paths, by name.

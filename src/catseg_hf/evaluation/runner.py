@@ -1,27 +1,27 @@
-"""Benchmark evaluation of a CAT-Seg model with the official protocol: the library behind ``scripts/evaluate.py``.
+"""Benchmark evaluation of a CAT-Seg model with the official protocol: the library behind `scripts/evaluate.py`.
 
 For every benchmark (A-847, PC-459, A-150, PC-59, PAS-20, PAS-20b, and COCO-Stuff) the steps are those of the
-official CAT-Seg evaluation (detectron2's test mapper + ``sem_seg_postprocess`` + ``SemSegEvaluator``):
+official CAT-Seg evaluation (detectron2's test mapper + `sem_seg_postprocess` + `SemSegEvaluator`):
 
 1. each test image is resized so that its shorter side is 640 (longer side at most 2560; detectron2's
-   ``ResizeShortestEdge(640, 2560)``, bilinear on uint8 as detectron2 does for images);
+   `ResizeShortestEdge(640, 2560)`, bilinear on uint8 as detectron2 does for images);
 2. the processor cuts the resized image into its sliding-window views (default) or one whole view;
 3. the class names of the benchmark (in label-id order) are put into the *model's* prompt templates and encoded
-   once per benchmark (a :class:`~catseg_hf.vocabulary.Vocabulary`); the model runs in eval mode, hence with 1x1 class-aggregation
+   once per benchmark (a [`catseg_hf.vocabulary.Vocabulary`]); the model runs in eval mode, hence with 1x1 class-aggregation
    pooling;
 4. the processor's post-processing brings the scores back to the size of the annotation (the original image size),
    arg-max gives the label map, PAS-20b folds its extra prompts into "background";
-5. predictions and annotations are accumulated in one :class:`~catseg_hf.evaluation.StreamingMeanIoU` per benchmark;
-   under ``accelerate launch`` every process takes a strided share of the images and the confusion matrices are
+5. predictions and annotations are accumulated in one [`catseg_hf.evaluation.StreamingMeanIoU`] per benchmark;
+   under `accelerate launch` every process takes a strided share of the images and the confusion matrices are
    summed across processes before scoring.
 
-Two mIoU flavours are reported, clearly labelled: ``mean_iou`` with the Hugging Face ``evaluate`` ``mean_iou``
+Two mIoU flavours are reported, clearly labelled: `mean_iou` with the Hugging Face `evaluate` `mean_iou`
 semantics (the primary number; a class predicted somewhere but absent from every annotation counts as IoU 0), and the
 detectron2-style mIoU (average over classes present in the annotations), which is what the paper's numbers are.
 
-Data come either from the official folder layout (``datasets/README.md`` of the official CAT-Seg repository) under a
-data root, with the paths of :mod:`catseg_hf.evaluation.benchmarks`, or from any parquet / ``save_to_disk`` / Hub
-dataset through :func:`catseg_hf.data.load_segmentation_dataset`.
+Data come either from the official folder layout (`datasets/README.md` of the official CAT-Seg repository) under a
+data root, with the paths of [`catseg_hf.evaluation.benchmarks`], or from any parquet / `save_to_disk` / Hub
+dataset through [`catseg_hf.data.load_segmentation_dataset`].
 
 The pieces live by job: `.sources` (options and data sources), `.loop` (one benchmark's evaluation), `.reports`
 (table and files); this module loads the model and runs them over the benchmarks. Its public names stay importable
@@ -86,12 +86,12 @@ __all__ = [
     "run_evaluation",
 ]
 
-#: detectron2 test-time ``ResizeShortestEdge`` of the official CAT-Seg configs (``INPUT.MIN_SIZE_TEST`` /
+#: detectron2 test-time `ResizeShortestEdge` of the official CAT-Seg configs (`INPUT.MIN_SIZE_TEST` /
 
 
 @dataclass
 class EvaluationOptions:
-    """Everything ``scripts/evaluate.py`` passes to :func:`run_evaluation` (see its ``--help``)."""
+    """Everything `scripts/evaluate.py` passes to [`run_evaluation`] (see its `--help`)."""
 
     model: str
     benchmarks: Sequence[str | Benchmark] = PAPER_BENCHMARKS
@@ -162,12 +162,12 @@ def _load_model_and_processor(path: str, dtype: str, device: Any):
 def run_evaluation(options: EvaluationOptions, print_fn: Any = print) -> dict[str, Any]:
     """Evaluate a model folder on several benchmarks, print the table and write the result files.
 
-    Works in a single process or under ``accelerate launch`` (images sharded across processes, confusion matrices
+    Works in a single process or under `accelerate launch` (images sharded across processes, confusion matrices
     summed; only the main process prints and writes). All data sources are checked before the model runs, so a
     missing folder fails at once.
 
     Returns:
-        The content of ``results.json`` (on every process), with the table under ``"table"``.
+        The content of `results.json` (on every process), with the table under `"table"`.
 
     Raises:
         EvaluationSetupError: for unusable inputs (one-line message).

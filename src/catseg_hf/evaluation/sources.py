@@ -20,7 +20,7 @@ HUB_SOURCE_KEYWORD = "hub"
 class EvaluationSetupError(RuntimeError):
     """A problem with the inputs of an evaluation (missing data folder, bad option, unusable model folder).
 
-    Its message is a single line that says what is wrong and what was expected; ``scripts/evaluate.py`` prints it
+    Its message is a single line that says what is wrong and what was expected; `scripts/evaluate.py` prints it
     without a traceback.
     """
 
@@ -35,12 +35,12 @@ class DataSource:
     """Where the images and annotations of one benchmark come from.
 
     Attributes:
-        kind: ``"layout"`` (official folder layout under ``location``, the data root) or ``"dataset"`` (``location``
-            is a parquet file / glob / folder, a ``save_to_disk`` folder or a Hub dataset id).
+        kind: `"layout"` (official folder layout under `location`, the data root) or `"dataset"` (`location`
+            is a parquet file / glob / folder, a `save_to_disk` folder or a Hub dataset id).
         location: data root or dataset location.
-        split: split of a ``"dataset"`` source.
-        image_column, label_column: column names of a ``"dataset"`` source (auto-detected when None).
-        reduce_labels: apply the ``reduce_labels`` transform (0 -> ignore, other ids - 1) to a dataset's labels.
+        split: split of a `"dataset"` source.
+        image_column, label_column: column names of a `"dataset"` source (auto-detected when None).
+        reduce_labels: apply the `reduce_labels` transform (0 -> ignore, other ids - 1) to a dataset's labels.
         dataset_config: configuration name of a Hub dataset.
         note: caveat shown with the results (e.g. an unverified Hub copy).
     """
@@ -55,7 +55,7 @@ class DataSource:
     note: str = ""
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-able description for ``results.json``."""
+        """A JSON-able description for `results.json`."""
         info: dict[str, Any] = {"kind": self.kind, "location": self.location}
         if self.kind == "dataset":
             info.update(
@@ -71,7 +71,7 @@ class DataSource:
 
 
 def parse_benchmark_list(text: str | Sequence[str]) -> list[Benchmark]:
-    """Benchmarks from a comma-separated list of names (aliases allowed); ``"all"`` / ``"paper"`` give the paper's six
+    """Benchmarks from a comma-separated list of names (aliases allowed); `"all"` / `"paper"` give the paper's six
     in table order. Duplicates are dropped, the order is kept.
 
     Raises:
@@ -97,15 +97,15 @@ def parse_benchmark_list(text: str | Sequence[str]) -> list[Benchmark]:
 
 
 def parse_keyed_values(values: Iterable[str] | None, option: str, allow_default: bool = True) -> tuple[str | None, dict[str, str]]:
-    """Parse repeated ``KEY=VALUE`` command-line values, where KEY is a benchmark name (any alias).
+    """Parse repeated `KEY=VALUE` command-line values, where KEY is a benchmark name (any alias).
 
     Args:
-        values: the raw strings (e.g. ``["a150=/data/ade.parquet", "pc59=org/pc59"]``).
+        values: the raw strings (e.g. `["a150=/data/ade.parquet", "pc59=org/pc59"]`).
         option: the option's name, for error messages.
-        allow_default: accept one value without ``KEY=``, applying to every benchmark.
+        allow_default: accept one value without `KEY=`, applying to every benchmark.
 
     Returns:
-        ``(default, {benchmark key: value})``.
+        `(default, {benchmark key: value})`.
 
     Raises:
         EvaluationSetupError: for a malformed value, an unknown benchmark or a repeated key.
@@ -147,10 +147,10 @@ def resolve_data_source(
 
     Args:
         benchmark: the benchmark (or its name).
-        data_root: root of the official layout (default ``$DETECTRON2_DATASETS``, else ``"datasets"``, as the official
-            code); used when ``source`` is None.
-        source: a parquet path / glob / folder, a ``save_to_disk`` folder, a Hub dataset id, or ``"hub"`` for the
-            example Hub copy listed in the registry (:attr:`Benchmark.hub`, unverified unless marked so).
+        data_root: root of the official layout (default `$DETECTRON2_DATASETS`, else `"datasets"`, as the official
+            code); used when `source` is None.
+        source: a parquet path / glob / folder, a `save_to_disk` folder, a Hub dataset id, or `"hub"` for the
+            example Hub copy listed in the registry ([`Benchmark.hub`], unverified unless marked so).
         split, image_column, label_column, reduce_labels: options of a dataset source.
     """
     bench = get_benchmark(benchmark)
@@ -209,11 +209,11 @@ def check_data_source(benchmark: str | Benchmark, source: DataSource) -> None:
 
 
 def load_benchmark_data(benchmark: str | Benchmark, source: DataSource):
-    """The benchmark's examples as a :class:`datasets.Dataset` with ``image`` / ``label`` columns (decoded lazily).
+    """The benchmark's examples as a [`datasets.Dataset`] with `image` / `label` columns (decoded lazily).
 
     Official layout: images of the registry's image folder paired by file stem with the annotations of its annotation
     folder (images without annotation are skipped, as detectron2 only evaluates annotated images; VOC's
-    ``JPEGImages`` holds many more). Annotations keep their stored values (16-bit ids and ignore values included).
+    `JPEGImages` holds many more). Annotations keep their stored values (16-bit ids and ignore values included).
 
     Raises:
         EvaluationSetupError: for missing folders or unreadable / unpaired data (one line).

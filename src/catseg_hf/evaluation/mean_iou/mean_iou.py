@@ -1,19 +1,19 @@
-"""catseg-hf mean IoU as an ``evaluate`` metric (load it with ``evaluate.load(<absolute path>)``).
+"""catseg-hf mean IoU as an `evaluate` metric (load it with `evaluate.load(<absolute path>)`).
 
-Same numbers as the Hugging Face hub metric ``evaluate-metric/mean_iou`` (same arguments, same
+Same numbers as the Hugging Face hub metric `evaluate-metric/mean_iou` (same arguments, same
 result dict), computed through one int64 confusion matrix instead of per-image histograms. Use
-``catseg_hf.evaluation.mean_iou_metric_path()`` for the absolute path: ``evaluate.load`` resolves a
+`catseg_hf.evaluation.mean_iou_metric_path()` for the absolute path: `evaluate.load` resolves a
 bare or relative name against the current directory and the Hub first.
 
 Differences from the hub metric, all deliberate:
 
 * inputs are stored as nested int64 sequences rather than PNG-encoded images, so negative ids
-  (``-100`` padding) and ids above 255 (16-bit benchmarks such as A-847) survive the round trip;
-* the caller's arrays are never modified (the hub applies ``label_map`` in place on them);
-* pixels whose raw reference is ``pad_index`` (default -100) are not counted at all.
+  (`-100` padding) and ids above 255 (16-bit benchmarks such as A-847) survive the round trip;
+* the caller's arrays are never modified (the hub applies `label_map` in place on them);
+* pixels whose raw reference is `pad_index` (default -100) are not counted at all.
 
-For large evaluations prefer the streaming ``catseg_hf.evaluation.StreamingMeanIoU``: ``evaluate``
-caches every added map until ``compute``, whereas the streaming class keeps only the matrix.
+For large evaluations prefer the streaming `catseg_hf.evaluation.StreamingMeanIoU`: `evaluate`
+caches every added map until `compute`, whereas the streaming class keeps only the matrix.
 """
 
 from typing import Dict, Optional
@@ -21,9 +21,9 @@ from typing import Dict, Optional
 import datasets
 import evaluate
 
-# Local import: ``evaluate.load`` copies this sibling file next to the script in its module cache.
-# Only import plain functions here: ``evaluate`` takes the first EvaluationModule subclass it finds
-# in this module's namespace as "the" metric, so importing e.g. ``evaluate.Metric`` by name would
+# Local import: `evaluate.load` copies this sibling file next to the script in its module cache.
+# Only import plain functions here: `evaluate` takes the first EvaluationModule subclass it finds
+# in this module's namespace as "the" metric, so importing e.g. `evaluate.Metric` by name would
 # make it pick the base class.
 from .mean_iou_core import PAD_INDEX, confusion_from_maps, metrics_from_confusion
 
@@ -72,7 +72,7 @@ _CITATION = """\
 
 
 class CatSegMeanIoU(evaluate.Metric):
-    """``evaluate`` front end of catseg-hf's confusion-matrix mean IoU (see the module docstring)."""
+    """`evaluate` front end of catseg-hf's confusion-matrix mean IoU (see the module docstring)."""
 
     def _info(self):
         # Nested int64 sequences (height, then width): unlike PNG images they keep negative and
@@ -82,7 +82,7 @@ class CatSegMeanIoU(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            # (No ``format="numpy"``: evaluate allows it only for flat ``Value`` features, so
+            # (No `format="numpy"`: evaluate allows it only for flat `Value` features, so
             # _compute receives nested lists and converts each map once.)
             features=datasets.Features({"predictions": map_feature, "references": map_feature}),
             reference_urls=["https://huggingface.co/spaces/evaluate-metric/mean_iou"],

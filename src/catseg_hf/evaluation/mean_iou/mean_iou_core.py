@@ -1,40 +1,40 @@
 """Confusion-matrix arithmetic behind catseg-hf's mean-IoU metric.
 
 This module is deliberately self-contained (NumPy only; PyTorch is used when, and only when, the
-caller hands in ``torch.Tensor`` objects) because two very different importers share it:
+caller hands in `torch.Tensor` objects) because two very different importers share it:
 
-* :mod:`catseg_hf.evaluation.metrics` (the streaming :class:`~catseg_hf.evaluation.StreamingMeanIoU`);
-* the ``evaluate`` metric script ``mean_iou.py`` next to this file, which ``evaluate.load`` copies,
-  together with this file, into its own module cache, where ``catseg_hf`` is not on the import path
+* [`catseg_hf.evaluation.metrics`] (the streaming [`catseg_hf.evaluation.StreamingMeanIoU`]);
+* the `evaluate` metric script `mean_iou.py` next to this file, which `evaluate.load` copies,
+  together with this file, into its own module cache, where `catseg_hf` is not on the import path
   under this name.
 
-Semantics (those of the Hugging Face hub metric ``evaluate-metric/mean_iou``; see
-``metrics/mean_iou/mean_iou.py`` in ``huggingface/evaluate``), for each (prediction, reference) pair:
+Semantics (those of the Hugging Face hub metric `evaluate-metric/mean_iou`; see
+`metrics/mean_iou/mean_iou.py` in `huggingface/evaluate`), for each (prediction, reference) pair:
 
-1. ``label_map``: the entries are applied to the reference one after the other, each one to the
-   result of the previous ones, so chained entries chain (``{1: 2, 2: 3}`` sends 1 to 3). The hub
+1. `label_map`: the entries are applied to the reference one after the other, each one to the
+   result of the previous ones, so chained entries chain (`{1: 2, 2: 3}` sends 1 to 3). The hub
    does this in place on the caller's array; here the caller's data are never modified.
-2. ``reduce_labels``: reference 0 becomes 255, then every reference is decreased by 1, then 254
+2. `reduce_labels`: reference 0 becomes 255, then every reference is decreased by 1, then 254
    becomes 255 (so 0 -> 255, 255 -> 255, v -> v - 1 otherwise).
-3. Pixels whose (mapped) reference equals ``ignore_index`` are dropped.
-4. Per class ``c`` in ``[0, K)``: ``area_intersect[c]`` counts pixels with prediction == reference
-   == c, ``area_pred_label[c]`` pixels predicted c, ``area_label[c]`` pixels labelled c. Ids outside
-   ``[0, K)`` (negative or >= K) fall in no class: the hub bins with
-   ``np.histogram(x, bins=K, range=(0, K - 1))``, which puts integer v in bin v for 0 <= v <= K - 1
+3. Pixels whose (mapped) reference equals `ignore_index` are dropped.
+4. Per class `c` in `[0, K)`: `area_intersect[c]` counts pixels with prediction == reference
+   == c, `area_pred_label[c]` pixels predicted c, `area_label[c]` pixels labelled c. Ids outside
+   `[0, K)` (negative or >= K) fall in no class: the hub bins with
+   `np.histogram(x, bins=K, range=(0, K - 1))`, which puts integer v in bin v for 0 <= v <= K - 1
    and drops everything else. A pixel labelled c but predicted out of range still counts in
-   ``area_label[c]``; a pixel predicted c but labelled out of range (and not ignored) still counts in
-   ``area_pred_label[c]``.
-5. ``IoU = intersect / union`` with ``union = pred + label - intersect``, ``accuracy = intersect /
-   label``, overall accuracy ``= sum(intersect) / sum(label)``; the means are NaN-means; when
-   ``nan_to_num`` is given every NaN in the result is replaced by it.
+   `area_label[c]`; a pixel predicted c but labelled out of range (and not ignored) still counts in
+   `area_pred_label[c]`.
+5. `IoU = intersect / union` with `union = pred + label - intersect`, ``accuracy = intersect /
+   label`, overall accuracy `= sum(intersect) / sum(label)``; the means are NaN-means; when
+   `nan_to_num` is given every NaN in the result is replaced by it.
 
-Extension (not in the hub metric): pixels whose *raw* reference equals ``pad_index`` (default
--100, the value ``transformers.Trainer`` pads with when it gathers maps of different sizes across
+Extension (not in the hub metric): pixels whose *raw* reference equals `pad_index` (default
+-100, the value `transformers.Trainer` pads with when it gathers maps of different sizes across
 processes) are dropped before anything else, together with their predictions.
 
-Representation: everything the metric needs is a ``(K + 1) x (K + 1)`` int64 matrix whose row is the
-reference class and whose column is the predicted class, with index ``K`` standing for "outside
-``[0, K)``". Its top-left ``K x K`` block is the ordinary confusion matrix; the extra row and column
+Representation: everything the metric needs is a `(K + 1) x (K + 1)` int64 matrix whose row is the
+reference class and whose column is the predicted class, with index `K` standing for "outside
+`[0, K)`". Its top-left `K x K` block is the ordinary confusion matrix; the extra row and column
 carry exactly the out-of-range counts that step 4 needs. Memory is O(K^2) whatever the number of
 images. All arithmetic on ids is done in int64 (the hub works in the input dtype; the two agree
 except where the input dtype would overflow, e.g. mapping a uint8 label to 300).
@@ -63,10 +63,10 @@ __all__ = [
     "detectron2_metrics_from_confusion",
 ]
 
-#: Reference value that marks padding (never counted, nor its prediction): ``Trainer``'s pad value.
+#: Reference value that marks padding (never counted, nor its prediction): `Trainer`'s pad value.
 PAD_INDEX = -100
 
-#: A composed ``label_map``: (sorted original ids, final ids), both int64 NumPy vectors.
+#: A composed `label_map`: (sorted original ids, final ids), both int64 NumPy vectors.
 LabelLookup = Tuple[np.ndarray, np.ndarray]
 
 
@@ -77,7 +77,7 @@ def _torch_module():
 
 
 def is_torch_tensor(obj: Any) -> bool:
-    """Return whether ``obj`` is a ``torch.Tensor`` (without importing torch)."""
+    """Return whether `obj` is a `torch.Tensor` (without importing torch)."""
     torch = _torch_module()
     return torch is not None and isinstance(obj, torch.Tensor)
 
@@ -87,18 +87,18 @@ def _is_array(obj: Any) -> bool:
 
 
 def compose_label_map(label_map: Optional[Mapping[Any, Any]]) -> Optional[LabelLookup]:
-    """Fold a ``label_map`` into a single lookup with the hub's chained (in-order) semantics.
+    """Fold a `label_map` into a single lookup with the hub's chained (in-order) semantics.
 
-    Applying the entries ``old -> new`` one after the other to an array sends a pixel of original
-    value ``v`` to ``f(v)``, where ``f`` follows ``v`` through the entries in order; a value that is
-    not a key is never touched. Precomputing ``f`` on the keys lets us apply the whole map in one
+    Applying the entries `old -> new` one after the other to an array sends a pixel of original
+    value `v` to `f(v)`, where `f` follows `v` through the entries in order; a value that is
+    not a key is never touched. Precomputing `f` on the keys lets us apply the whole map in one
     vectorised lookup instead of one full-array pass per entry (ADE-style maps have hundreds).
 
     Args:
         label_map: mapping of integer ids (its iteration order is the application order), or None.
 
     Returns:
-        ``(keys, values)`` sorted by key, only for keys whose final id differs from the original one,
+        `(keys, values)` sorted by key, only for keys whose final id differs from the original one,
         or None when the map is empty or changes nothing.
     """
     if not label_map:
@@ -171,7 +171,7 @@ def _check_same_shape(pred: Any, ref: Any, index: Optional[int]) -> None:
 def pair_maps(predictions: Any, references: Any) -> List[Tuple[Any, Any]]:
     """Normalise the accepted input layouts to a list of same-shape (prediction, reference) pairs.
 
-    Accepted: one map each (any shape, e.g. ``(H, W)``), a batch each (e.g. ``(B, H, W)``: the
+    Accepted: one map each (any shape, e.g. `(H, W)`), a batch each (e.g. `(B, H, W)`: the
     metric is element-wise, so a batch is simply a bigger map), or sequences (list/tuple, or an
     array iterated along its first axis when the other side is a sequence) of maps that may differ
     in size from pair to pair. NumPy arrays, torch tensors and nested lists are accepted.
@@ -284,23 +284,23 @@ def cell_indices(
     pad_index: Optional[int] = PAD_INDEX,
     device: Any = None,
 ):
-    """Flat indices into the ``(K + 1) x (K + 1)`` matrix, one per counted pixel of one pair.
+    """Flat indices into the `(K + 1) x (K + 1)` matrix, one per counted pixel of one pair.
 
     Args:
         prediction, reference: same-shape maps (NumPy-convertible, or torch tensors).
         num_labels: K.
-        ignore_index: reference id (after ``label_map``/``reduce_labels``) whose pixels are dropped;
+        ignore_index: reference id (after `label_map`/`reduce_labels`) whose pixels are dropped;
             None drops nothing.
-        label_lookup: the output of :func:`compose_label_map`, or None.
-        reduce_labels: apply the hub's ``reduce_labels`` to the reference.
+        label_lookup: the output of [`compose_label_map`], or None.
+        reduce_labels: apply the hub's `reduce_labels` to the reference.
         pad_index: raw reference id whose pixels are dropped before anything else; None disables.
-        device: None for the NumPy back end, or a ``torch.device`` for the torch back end (inputs
-            are moved there). A CPU ``torch.device`` is computed with NumPy (zero-copy views of CPU
+        device: None for the NumPy back end, or a `torch.device` for the torch back end (inputs
+            are moved there). A CPU `torch.device` is computed with NumPy (zero-copy views of CPU
             tensors), which is several times faster than torch's CPU kernels for these ops.
 
     Returns:
         A 1-D int64 NumPy array (NumPy back end or CPU device) or CUDA/other-device torch tensor
-        of ``reference * (K + 1) + prediction``, where ids outside ``[0, K)`` have been replaced
+        of `reference * (K + 1) + prediction`, where ids outside `[0, K)` have been replaced
         by K. New memory: the caller's inputs are never written to.
     """
     k = int(num_labels)
@@ -345,9 +345,9 @@ def cell_indices(
 
 
 def count_cells(indices: Sequence[Any], num_labels: int, device: Any = None):
-    """Histogram a list of flat cell indices into a ``(K + 1) x (K + 1)`` int64 matrix.
+    """Histogram a list of flat cell indices into a `(K + 1) x (K + 1)` int64 matrix.
 
-    One ``bincount`` over the concatenation is much cheaper than one per map when there are many
+    One `bincount` over the concatenation is much cheaper than one per map when there are many
     small maps and K is large (each bincount writes (K + 1)^2 counters).
     """
     size = (int(num_labels) + 1) ** 2
@@ -375,7 +375,7 @@ def confusion_from_maps(
     pad_index: Optional[int] = PAD_INDEX,
     device: Any = None,
 ):
-    """The ``(K + 1) x (K + 1)`` matrix of a whole set of maps (see :func:`pair_maps` for layouts)."""
+    """The `(K + 1) x (K + 1)` matrix of a whole set of maps (see [`pair_maps`] for layouts)."""
     if int(num_labels) < 1:
         raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
     lookup = compose_label_map(label_map)
@@ -447,25 +447,25 @@ def metrics_from_areas(
 
 
 def metrics_from_confusion(matrix: Any, nan_to_num: Optional[float] = None) -> Dict[str, Any]:
-    """The hub metric's result dict (``mean_iou``, ``mean_accuracy``, ``overall_accuracy``,
-    ``per_category_iou``, ``per_category_accuracy``) from the extended matrix."""
+    """The hub metric's result dict (`mean_iou`, `mean_accuracy`, `overall_accuracy`,
+    `per_category_iou`, `per_category_accuracy`) from the extended matrix."""
     areas = areas_from_confusion(matrix)
     return metrics_from_areas(areas["area_intersect"], areas["area_union"], areas["area_label"], nan_to_num)
 
 
 def detectron2_metrics_from_confusion(matrix: Any) -> Dict[str, Any]:
-    """Score the extended matrix the way detectron2's ``SemSegEvaluator`` does.
+    """Score the extended matrix the way detectron2's `SemSegEvaluator` does.
 
     This is *not* the hub metric: detectron2 averages IoU and accuracy only over classes with at
     least one (non-ignored) reference pixel, so a class that is predicted somewhere but absent from
     every reference does not pull the mean down (the hub metric counts it as IoU 0). CAT-Seg's
     reported numbers come from detectron2's evaluator. detectron2 cannot represent out-of-range
     reference ids other than its ignore id; here such pixels are left out entirely, and predictions
-    outside ``[0, K)`` count as wrong for the reference class (as in the hub metric).
+    outside `[0, K)` count as wrong for the reference class (as in the hub metric).
 
     Returns:
-        ``mIoU``, ``fwIoU``, ``mACC``, ``pACC`` in percent (float), plus ``per_category_iou`` and
-        ``per_category_accuracy`` as fractions (NaN for classes without reference pixels).
+        `mIoU`, `fwIoU`, `mACC`, `pACC` in percent (float), plus `per_category_iou` and
+        `per_category_accuracy` as fractions (NaN for classes without reference pixels).
     """
     if is_torch_tensor(matrix):
         matrix = matrix.detach().cpu().numpy()
