@@ -16,8 +16,6 @@ For large evaluations prefer the streaming `catseg_hf.evaluation.StreamingMeanIo
 caches every added map until `compute`, whereas the streaming class keeps only the matrix.
 """
 
-from typing import Dict, Optional
-
 import datasets
 import evaluate
 
@@ -36,8 +34,8 @@ pixel accuracy. Semantics follow the hub metric `mean_iou` (mmsegmentation's def
 
 _KWARGS_DESCRIPTION = """\
 Args:
-    predictions (`List[ndarray]`): predicted class-id maps, each 2-D; sizes may differ between maps.
-    references (`List[ndarray]`): ground-truth maps, each the same size as its prediction.
+    predictions (`list[ndarray]`): predicted class-id maps, each 2-D; sizes may differ between maps.
+    references (`list[ndarray]`): ground-truth maps, each the same size as its prediction.
     num_labels (`int`): number of classes K; ids outside [0, K) belong to no class.
     ignore_index (`int`): reference id (after `label_map` and `reduce_labels`) whose pixels are dropped.
     nan_to_num (`float`, *optional*): replace every NaN in the result by this value.
@@ -93,11 +91,11 @@ class CatSegMeanIoU(evaluate.Metric):
         predictions,
         references,
         num_labels: int,
-        ignore_index: Optional[int],
-        nan_to_num: Optional[float] = None,
-        label_map: Optional[Dict[int, int]] = None,
+        ignore_index: int | None,
+        nan_to_num: float | None = None,
+        label_map: dict[int, int] | None = None,
         reduce_labels: bool = False,
-        pad_index: Optional[int] = PAD_INDEX,
+        pad_index: int | None = PAD_INDEX,
     ):
         matrix = confusion_from_maps(
             list(predictions),

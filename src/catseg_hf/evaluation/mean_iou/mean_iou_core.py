@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -67,7 +67,7 @@ __all__ = [
 PAD_INDEX = -100
 
 #: A composed `label_map`: (sorted original ids, final ids), both int64 NumPy vectors.
-LabelLookup = Tuple[np.ndarray, np.ndarray]
+LabelLookup = tuple[np.ndarray, np.ndarray]
 
 
 def _torch_module():
@@ -86,7 +86,7 @@ def _is_array(obj: Any) -> bool:
     return isinstance(obj, np.ndarray) or is_torch_tensor(obj)
 
 
-def compose_label_map(label_map: Optional[Mapping[Any, Any]]) -> Optional[LabelLookup]:
+def compose_label_map(label_map: Mapping[Any, Any] | None) -> LabelLookup | None:
     """Fold a `label_map` into a single lookup with the hub's chained (in-order) semantics.
 
     Applying the entries `old -> new` one after the other to an array sends a pixel of original
@@ -141,11 +141,11 @@ def _as_int_id(value: Any, what: str) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def _shape_of(obj: Any) -> Tuple[int, ...]:
+def _shape_of(obj: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in obj.shape)
 
 
-def _to_array(obj: Any, what: str, index: Optional[int]) -> Any:
+def _to_array(obj: Any, what: str, index: int | None) -> Any:
     if _is_array(obj):
         return obj
     try:
@@ -159,7 +159,7 @@ def _to_array(obj: Any, what: str, index: Optional[int]) -> Any:
     return arr
 
 
-def _check_same_shape(pred: Any, ref: Any, index: Optional[int]) -> None:
+def _check_same_shape(pred: Any, ref: Any, index: int | None) -> None:
     if _shape_of(pred) != _shape_of(ref):
         where = f" (pair {index})" if index is not None else ""
         raise ValueError(
@@ -168,7 +168,7 @@ def _check_same_shape(pred: Any, ref: Any, index: Optional[int]) -> None:
         )
 
 
-def pair_maps(predictions: Any, references: Any) -> List[Tuple[Any, Any]]:
+def pair_maps(predictions: Any, references: Any) -> list[tuple[Any, Any]]:
     """Normalise the accepted input layouts to a list of same-shape (prediction, reference) pairs.
 
     Accepted: one map each (any shape, e.g. `(H, W)`), a batch each (e.g. `(B, H, W)`: the
@@ -278,10 +278,10 @@ def cell_indices(
     prediction: Any,
     reference: Any,
     num_labels: int,
-    ignore_index: Optional[int],
-    label_lookup: Optional[LabelLookup] = None,
+    ignore_index: int | None,
+    label_lookup: LabelLookup | None = None,
     reduce_labels: bool = False,
-    pad_index: Optional[int] = PAD_INDEX,
+    pad_index: int | None = PAD_INDEX,
     device: Any = None,
 ):
     """Flat indices into the `(K + 1) x (K + 1)` matrix, one per counted pixel of one pair.
@@ -369,10 +369,10 @@ def confusion_from_maps(
     predictions: Any,
     references: Any,
     num_labels: int,
-    ignore_index: Optional[int],
-    label_map: Optional[Mapping[Any, Any]] = None,
+    ignore_index: int | None,
+    label_map: Mapping[Any, Any] | None = None,
     reduce_labels: bool = False,
-    pad_index: Optional[int] = PAD_INDEX,
+    pad_index: int | None = PAD_INDEX,
     device: Any = None,
 ):
     """The `(K + 1) x (K + 1)` matrix of a whole set of maps (see [`pair_maps`] for layouts)."""
@@ -396,7 +396,7 @@ def confusion_from_maps(
 # --------------------------------------------------------------------------------------------------
 
 
-def areas_from_confusion(matrix: Any) -> Dict[str, np.ndarray]:
+def areas_from_confusion(matrix: Any) -> dict[str, np.ndarray]:
     """The hub's four per-class areas (int64 NumPy vectors of length K) from the extended matrix."""
     if is_torch_tensor(matrix):
         matrix = matrix.detach().cpu().numpy()
@@ -421,8 +421,8 @@ def metrics_from_areas(
     area_intersect: np.ndarray,
     area_union: np.ndarray,
     area_label: np.ndarray,
-    nan_to_num: Optional[float] = None,
-) -> Dict[str, Any]:
+    nan_to_num: float | None = None,
+) -> dict[str, Any]:
     """The hub metric's result dict from per-class areas (float64 arithmetic, NaN-means)."""
     intersect = np.asarray(area_intersect, dtype=np.float64)
     union = np.asarray(area_union, dtype=np.float64)
@@ -446,14 +446,14 @@ def metrics_from_areas(
     return result
 
 
-def metrics_from_confusion(matrix: Any, nan_to_num: Optional[float] = None) -> Dict[str, Any]:
+def metrics_from_confusion(matrix: Any, nan_to_num: float | None = None) -> dict[str, Any]:
     """The hub metric's result dict (`mean_iou`, `mean_accuracy`, `overall_accuracy`,
     `per_category_iou`, `per_category_accuracy`) from the extended matrix."""
     areas = areas_from_confusion(matrix)
     return metrics_from_areas(areas["area_intersect"], areas["area_union"], areas["area_label"], nan_to_num)
 
 
-def detectron2_metrics_from_confusion(matrix: Any) -> Dict[str, Any]:
+def detectron2_metrics_from_confusion(matrix: Any) -> dict[str, Any]:
     """Score the extended matrix the way detectron2's `SemSegEvaluator` does.
 
     This is *not* the hub metric: detectron2 averages IoU and accuracy only over classes with at
