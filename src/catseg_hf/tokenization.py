@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from transformers import CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 # OpenAI's simple_tokenizer keeps the first 49152 - 256 - 2 merges of the file (after its header line): together with
 # the 2 * 256 byte symbols and the 2 special tokens this gives a vocabulary of 49408.
@@ -34,23 +35,9 @@ CLIP_PAD_TOKEN = "!"
 
 
 def clip_byte_symbols() -> list[str]:
-    """The 256 byte-level symbols of GPT-2/CLIP, in the order they take in the vocabulary.
-
-    Printable bytes map to themselves and come first (in byte order); the remaining bytes (control characters,
-    space, ...) map to the code points 256, 257, ... and follow, again in byte order.
-    """
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("\N{INVERTED EXCLAMATION MARK}"), ord("\N{NOT SIGN}") + 1))
-        + list(range(ord("\N{REGISTERED SIGN}"), ord("\N{LATIN SMALL LETTER Y WITH DIAERESIS}") + 1))
-    )
-    symbols = [chr(b) for b in printable]
-    next_code_point = 256
-    for byte in range(256):
-        if byte not in printable:
-            symbols.append(chr(next_code_point))
-            next_code_point += 1
-    return symbols
+    """The 256 byte-level symbols of GPT-2/CLIP, in the order they take in the vocabulary: transformers' own
+    byte-to-unicode table (printable bytes map to themselves and come first, the others follow as 256, 257, ...)."""
+    return list(bytes_to_unicode().values())
 
 
 def load_clip_bpe_merges(bpe_path: str | os.PathLike, num_merges: int = CLIP_NUM_MERGES) -> list[tuple[str, str]]:
