@@ -16,6 +16,8 @@ For large evaluations prefer the streaming `catseg_hf.evaluation.StreamingMeanIo
 caches every added map until `compute`, whereas the streaming class keeps only the matrix.
 """
 
+from __future__ import annotations
+
 import datasets
 import evaluate
 
