@@ -70,9 +70,7 @@ def pretrain_tiny_clip(
         flip_prob=data_args.flip_prob,
     )
     prompts = processor.encode_class_names(vocabulary)
-    collator = CATSegTrainingCollator(
-        None, clip_resolution=model.config.clip_resolution, size_divisibility=model.config.size_divisibility
-    )
+    collator = CATSegTrainingCollator(None, processor.image_processor)
     parameters = list(model.clip.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + np.cos(np.pi * step / steps)))
@@ -314,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         clip_steps=stage1["steps"],
         clip_accuracy=stage1["foreground_patch_accuracy"],
         clip_minutes=stage1["runtime_s"] / 60,
-        template=config.prompt_templates[0],
+        template=processor.prompt_templates[0],
         eval_images=args.eval_images,
         seed=data_args.synthetic_seed,
         seen_miou=seen_miou,

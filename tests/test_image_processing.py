@@ -667,3 +667,34 @@ def test_save_and_load(tmp_path: Path) -> None:
         AutoImageProcessor.from_pretrained(tmp_path)(image, return_tensors="pt")["pixel_values"],
         processor(image, return_tensors="pt")["pixel_values"],
     )
+
+
+# ----------------------------------------------------------------------------------------- padded (training) batches
+def test_padded_batch_is_whole_mode_padded_together() -> None:
+    """`preprocess_padded_batch` (the training collator's views) is whole mode with the batch padded to its largest
+    size: one image gives exactly `preprocess(mode="whole")`, several the official normalise -> pad -> resize."""
+    processor = CATSegImageProcessor(clip_resolution=48, size_divisibility=16)
+    images = [_random_uint8(30, 45, seed=1), _random_uint8(20, 64, seed=2)]
+    single = processor.preprocess_padded_batch(images[:1])
+    assert single["padded_size"] == (32, 48)
+    whole = processor(images[0], mode="whole", return_tensors="pt")["pixel_values"]
+    assert torch.equal(single["pixel_values"], whole)
+
+    batch = processor.preprocess_padded_batch(images)
+    assert batch["padded_size"] == (32, 64) and batch["pixel_values"].shape == (2, 3, 48, 48)
+    mean = torch.tensor(ipmod.CLIP_IMAGE_MEAN).view(-1, 1, 1)
+    std = torch.tensor(ipmod.CLIP_IMAGE_STD).view(-1, 1, 1)
+    padded = torch.zeros(2, 3, 32, 64)
+    for i, image in enumerate(images):
+        h, w = image.shape[:2]
+        padded[i, :, :h, :w] = (torch.from_numpy(image).permute(2, 0, 1).float() - mean) / std
+    expected = F.interpolate(padded, size=(48, 48), mode="bilinear", align_corners=False)
+    assert torch.equal(batch["pixel_values"], expected)
+    # A (height, width) resolution, and per-call settings.
+    assert processor.preprocess_padded_batch(images, clip_resolution=(32, 64), size_divisibility=0)[
+        "pixel_values"
+    ].shape == (2, 3, 32, 64)
+    with pytest.raises(ValueError, match="Cannot make a batch of no images"):
+        processor.preprocess_padded_batch([])
+    with pytest.raises(ValueError, match="Image 1 of the batch: it has 1 channels"):
+        processor.preprocess_padded_batch([images[0], images[1][..., 0]], do_convert_rgb=False)

@@ -4,10 +4,9 @@ This file must only import torch, numpy, PIL, transformers and (relatively) our 
 into saved model folders so that they load with `trust_remote_code=True` where `catseg_hf` is not installed.
 """
 
-from __future__ import annotations
-
 import math
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from transformers import BatchFeature
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BaseImageProcessor
-from transformers.processing_utils import ImagesKwargs
+from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import logging
 
 
@@ -36,17 +36,58 @@ _POSTPROCESS_CHUNK_ELEMENTS = 8 * 1024 * 1024
 # are bit-identical to unchunked ones (tests/test_image_processing.py).
 _POSTPROCESS_CHUNK_ALIGN = 16
 _PIL_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# Images are converted to float32 this many pixels at a time where the input allows it (PIL images, band by band),
+# so that no full-resolution temporary besides the float32 image itself is made.
+_LOAD_BAND_PIXELS = 4 * 1024 * 1024
+# Default of `max_image_pixels`: a float32 RGB copy of an image this large is 1.2 GB. PIL's own decompression-bomb
+# limit (89 megapixels warns, 179 refuse) protects only images loaded through PIL; this one protects the arrays.
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+
+# transformers' `ImagesKwargs` that CAT-Seg's fixed recipe has no use for, with what to use instead. Giving one of them
+# a value raises instead of silently doing nothing.
+_UNSUPPORTED_IMAGES_KWARGS = {
+    "do_resize": "every view is resized; set its side with `clip_resolution`",
+    "size": "set the side of the views with `clip_resolution` and the sliding window with `sliding_canvas_size`, "
+    "`sliding_tile_size` and `sliding_stride`",
+    "default_to_square": "the views are always square (`clip_resolution`)",
+    "crop_size": "CAT-Seg does not crop; whole mode resizes the whole (padded) image, sliding mode tiles it",
+    "do_center_crop": "CAT-Seg does not crop; whole mode resizes the whole (padded) image, sliding mode tiles it",
+    "resample": "all resizes are bilinear without antialiasing, as in the official implementation",
+    "do_pad": "whole mode pads to a multiple of `size_divisibility` (0 or 1: no padding)",
+    "pad_size": "whole mode pads to a multiple of `size_divisibility` (0 or 1: no padding)",
+    "disable_grouping": "images are processed one at a time",
+    "image_seq_length": "CAT-Seg has no image tokens",
+}
+# Keys that `save_pretrained` / `from_pretrained` add to a saved configuration.
+_CONFIG_BOOKKEEPING_KEYS = ("image_processor_type", "auto_map", "processor_class", "feature_extractor_type")
+_INT_SETTINGS = (
+    "clip_resolution",
+    "size_divisibility",
+    "sliding_canvas_size",
+    "sliding_tile_size",
+    "sliding_stride",
+    "max_image_pixels",
+)
+_RETURN_TENSORS = (None, "pt", "np")
+_DATA_FORMATS = ("channels_first", "channels_last")
 
 
 class CATSegImageProcessorKwargs(ImagesKwargs, total=False):
-    """Keyword arguments of [`CATSegImageProcessor`] on top of transformers' `ImagesKwargs`.
-
-    clip_resolution (`int`): side of the square views fed to CLIP.
-    size_divisibility (`int`): whole mode pads (bottom/right, with zeros after normalisation) to a multiple of this.
-    mode (`str`): `"sliding"` or `"whole"`.
-    sliding_canvas_size (`int`): side of the square canvas the image is resized to in sliding mode.
-    sliding_tile_size (`int`): side of the sliding-window tiles (and of the global view).
-    sliding_stride (`int`): stride of the sliding window.
+    """
+    clip_resolution (`int`, *optional*, defaults to `self.clip_resolution`):
+        Side of the square views fed to CLIP.
+    size_divisibility (`int`, *optional*, defaults to `self.size_divisibility`):
+        Whole mode pads each image (bottom/right, after normalisation) to a multiple of this; 0 or 1: no padding.
+    mode (`str`, *optional*, defaults to `self.mode`):
+        `"sliding"` or `"whole"`.
+    sliding_canvas_size (`int`, *optional*, defaults to `self.sliding_canvas_size`):
+        Side of the square canvas the image is resized to in sliding mode.
+    sliding_tile_size (`int`, *optional*, defaults to `self.sliding_tile_size`):
+        Side of the sliding-window tiles and of the global view.
+    sliding_stride (`int`, *optional*, defaults to `self.sliding_stride`):
+        Stride of the sliding window.
+    max_image_pixels (`int`, *optional*, defaults to `self.max_image_pixels`):
+        Largest image (height x width) processed; larger ones are refused. 0: no limit.
     """
 
     clip_resolution: int
@@ -55,11 +96,12 @@ class CATSegImageProcessorKwargs(ImagesKwargs, total=False):
     sliding_canvas_size: int
     sliding_tile_size: int
     sliding_stride: int
+    max_image_pixels: int
 
 
 class CATSegImageProcessor(BaseImageProcessor):
     r"""
-    Turns images into the CLIP views CAT-Seg runs on, and turns CAT-Seg's logits back into segmentation maps.
+    Turns images into the CLIP views CAT-Seg runs on, and CAT-Seg's logits back into segmentation maps.
 
     Two modes, both following the official implementation operation by operation (float32 torch math):
 
@@ -70,282 +112,451 @@ class CATSegImageProcessor(BaseImageProcessor):
     - `"whole"`: the image is CLIP-normalised, zero-padded bottom/right to a multiple of `size_divisibility`, then
       bilinearly resized to `clip_resolution` x `clip_resolution` (aspect ratio not kept). One view per image.
 
-    All resizes are bilinear with `align_corners=False` and no antialiasing.
+    All resizes are bilinear with `align_corners=False` and no antialiasing. The pixel values are on the 0-255 scale,
+    and so are the default mean and standard deviation (the official ones).
+
+    Every setting below is also a keyword argument of [`~CATSegImageProcessor.preprocess`], which overrides it for
+    one call. transformers' resize/crop/pad arguments (`size`, `crop_size`, `do_resize`, `resample`, `do_pad`, ...)
+    are rejected with an error, as CAT-Seg's views are fixed by the settings below.
 
     Args:
         clip_resolution (`int`, *optional*, defaults to 384):
             Side of the square views fed to CLIP (384 for ViT-B/16, 336 for ViT-L/14@336).
-        image_mean (`list[float]`, *optional*, defaults to CLIP's mean on the 0-255 scale):
-            Per-channel mean subtracted from the 0-255 pixels.
-        image_std (`list[float]`, *optional*, defaults to CLIP's std on the 0-255 scale):
+        image_mean (`float` or `list[float]`, *optional*, defaults to CLIP's mean on the 0-255 scale):
+            Per-channel mean subtracted from the pixels (one value per channel, or one for all).
+        image_std (`float` or `list[float]`, *optional*, defaults to CLIP's std on the 0-255 scale):
             Per-channel standard deviation the pixels are divided by.
         size_divisibility (`int`, *optional*, defaults to 32):
             Whole mode pads each image to a multiple of this before resizing (0 or 1: no padding).
         mode (`str`, *optional*, defaults to `"sliding"`):
-            `"sliding"` or `"whole"`; can be overridden per call.
+            `"sliding"` or `"whole"`.
         sliding_canvas_size (`int`, *optional*, defaults to 640):
             Side of the square canvas of the sliding window.
         sliding_tile_size (`int`, *optional*, defaults to 384):
             Side of the tiles and of the global view.
         sliding_stride (`int`, *optional*, defaults to 256):
             Stride of the tiles (the official `int(384 * (1 - 0.333))`). `canvas - tile` must be a multiple of it.
+        max_image_pixels (`int`, *optional*, defaults to 100_000_000):
+            Images with more pixels (height x width) than this are refused with an error instead of processed:
+            processing holds one float32 copy of the image at full resolution (12 bytes per pixel for RGB, 1.2 GB at
+            the limit). Downscale larger images first, or raise the limit; 0: no limit.
+        do_convert_rgb (`bool`, *optional*, defaults to `True`):
+            Whether to convert every image to 3 channels (grayscale replicated, alpha dropped). With `False` the
+            channels are kept as given, and `image_mean`/`image_std` must have one value per channel (or one).
+        do_rescale (`bool`, *optional*, defaults to `False`):
+            Whether to multiply the 0-255 pixel values by `rescale_factor` just before normalising them. Off by
+            default, as CAT-Seg's mean and standard deviation are on the 0-255 scale.
+        rescale_factor (`float`, *optional*, defaults to `1/255`):
+            The factor of `do_rescale`.
+        do_normalize (`bool`, *optional*, defaults to `True`):
+            Whether to subtract `image_mean` and divide by `image_std`.
+        data_format (`str`, *optional*, defaults to `"channels_first"`):
+            Layout of `pixel_values`: `"channels_first"` (what the model takes) or `"channels_last"`.
+        input_data_format (`str`, *optional*):
+            Layout of array inputs, `"channels_first"` or `"channels_last"`; inferred from the shape when unset.
+        device (`str` or `torch.device`, *optional*):
+            Where the arithmetic runs (default: CPU); the returned tensors stay there.
+        return_tensors (`str`, *optional*):
+            `"pt"`, `"np"`, or `None` for a list with one tensor per image.
     """
 
     # Saved folders carry this file and an `auto_map`, so they load with `trust_remote_code=True` anywhere.
     _auto_class = "AutoImageProcessor"
 
-    model_input_names = ["pixel_values", "original_sizes", "view_layout"]
+    model_input_names = ["pixel_values"]
     valid_kwargs = CATSegImageProcessorKwargs
 
-    def __init__(
-        self,
-        clip_resolution: int = 384,
-        image_mean: Sequence[float] | None = None,
-        image_std: Sequence[float] | None = None,
-        size_divisibility: int = 32,
-        mode: str = "sliding",
-        sliding_canvas_size: int = 640,
-        sliding_tile_size: int = 384,
-        sliding_stride: int = 256,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.clip_resolution = int(clip_resolution)
-        self.image_mean = [float(v) for v in (image_mean if image_mean is not None else CLIP_IMAGE_MEAN)]
-        self.image_std = [float(v) for v in (image_std if image_std is not None else CLIP_IMAGE_STD)]
-        self.size_divisibility = int(size_divisibility)
-        self.mode = mode
-        self.sliding_canvas_size = int(sliding_canvas_size)
-        self.sliding_tile_size = int(sliding_tile_size)
-        self.sliding_stride = int(sliding_stride)
-        _validate_settings(
-            mode=self.mode,
-            clip_resolution=self.clip_resolution,
-            image_mean=self.image_mean,
-            image_std=self.image_std,
-            size_divisibility=self.size_divisibility,
-            canvas=self.sliding_canvas_size,
-            tile=self.sliding_tile_size,
-            stride=self.sliding_stride,
-        )
+    # Defaults, as class attributes (the transformers 5 convention); an instance keeps only what it was given.
+    clip_resolution = 384
+    image_mean = CLIP_IMAGE_MEAN
+    image_std = CLIP_IMAGE_STD
+    size_divisibility = 32
+    mode = "sliding"
+    sliding_canvas_size = 640
+    sliding_tile_size = 384
+    sliding_stride = 256
+    max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
+    do_convert_rgb = True
+    do_rescale = False
+    rescale_factor = 1 / 255
+    do_normalize = True
+    data_format = "channels_first"
+    input_data_format = None
+    device = None
+    return_tensors = None
+
+    def __init__(self, **kwargs: Unpack[CATSegImageProcessorKwargs]) -> None:
+        # Keys that are not settings (a saved configuration's bookkeeping, or attributes someone set and saved) are
+        # kept as plain attributes, as transformers does, so that such configurations still load; they do not change
+        # the processing, which the warning says for anything but the bookkeeping.
+        valid = set(self.valid_kwargs.__annotations__)
+        extra = {key: kwargs.pop(key) for key in list(kwargs) if key not in valid}
+        ignored = sorted(set(extra) - set(_CONFIG_BOOKKEEPING_KEYS))
+        if ignored:
+            logger.warning(
+                f"{type(self).__name__} keeps {ignored} as attributes, but they are not settings of it and do not "
+                f"change the processing; its settings are {sorted(valid - set(_UNSUPPORTED_IMAGES_KWARGS))}."
+            )
+        settings = self._resolve_settings(kwargs, f"{type(self).__name__}()")
+        super().__init__(**extra)
+        # Every setting is stored on the instance, so that `to_dict` / `save_pretrained` write all of them.
+        for key, value in settings.items():
+            setattr(self, key, value)
+
+    @property
+    def num_views(self) -> int:
+        """Views per image in sliding mode with the current settings: the tiles plus the global view."""
+        canvas, tile, stride = self.sliding_canvas_size, self.sliding_tile_size, self.sliding_stride
+        return _num_views((canvas, canvas, tile, stride))
 
     # ------------------------------------------------------------------------------------------------ preprocessing
-    def preprocess(
-        self,
-        images: Any,
-        mode: str | None = None,
-        clip_resolution: int | None = None,
-        image_mean: Sequence[float] | None = None,
-        image_std: Sequence[float] | None = None,
-        size_divisibility: int | None = None,
-        sliding_canvas_size: int | None = None,
-        sliding_tile_size: int | None = None,
-        sliding_stride: int | None = None,
-        input_data_format: str | None = None,
-        return_tensors: str | None = "pt",
-        device: str | torch.device | None = None,
-        **kwargs: Any,
-    ) -> BatchFeature:
-        """Computes the CLIP views of one image or a list of images.
+    def preprocess(self, images: Any, **kwargs: Unpack[CATSegImageProcessorKwargs]) -> BatchFeature:
+        r"""
+        Computes the CLIP views of one image or a list of images.
 
         Args:
-            images: a PIL image, a numpy array or a torch tensor, or a list of them (sizes may differ; each image is
-                processed on its own and the views are concatenated). Arrays may be HWC or CHW (`input_data_format`
-                settles ambiguous shapes; numpy defaults to HWC, torch to CHW), a 4-D array is a batch. Pixel values
-                are on the 0-255 scale: uint8 as is, uint16 (and 16-bit PIL modes) divided by 257, floats and other
-                integers taken as 0-255. Grayscale is replicated to 3 channels, alpha is dropped.
-            mode: `"sliding"` or `"whole"` (default: `self.mode`).
-            clip_resolution, image_mean, image_std, size_divisibility, sliding_canvas_size, sliding_tile_size,
-            sliding_stride: per-call overrides of the processor's settings.
-            input_data_format: `"channels_first"` or `"channels_last"` for array inputs whose layout is ambiguous.
-            return_tensors: `"pt"` (default) or `"np"`.
-            device: where to run the arithmetic (default: CPU).
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+                The images; sizes may differ (each image is processed on its own). Arrays may be HWC or CHW
+                (`input_data_format` settles ambiguous shapes; numpy defaults to HWC, torch to CHW), a 4-D array is
+                a batch. Pixel values are on the 0-255 scale: uint8 as is, uint16 (and 16-bit PIL modes) divided by
+                257, floats and other integers taken as 0-255. Float images with a NaN or infinite value are refused,
+                and so are images above `max_image_pixels`.
+            kwargs ([`CATSegImageProcessorKwargs`], *optional*):
+                Per-call overrides of any setting of the processor (see the class docstring), e.g. `mode="whole"`,
+                and `return_tensors`.
 
         Returns:
-            [`BatchFeature`] with
-            - `pixel_values`: float32 `(num_views_total, 3, clip_resolution, clip_resolution)`;
-            - `original_sizes`: int64 `(batch, 2)`, the `(height, width)` of each input image;
-            - `view_layout`: int64 `(batch, 4)`, `(canvas_height, canvas_width, tile_size, stride)` of each image's
-              sliding window, all zeros for an image processed in whole mode.
+            [`BatchFeature`] with `pixel_values`: float32 `(batch, 3, clip_resolution, clip_resolution)` in whole mode,
+            `(batch, num_views, 3, clip_resolution, clip_resolution)` in sliding mode (the tiles in row-major order,
+            then the global view); with `return_tensors=None` a list of one such tensor per image (without the batch
+            dimension).
         """
-        if kwargs:
-            logger.warning(
-                f"CATSegImageProcessor ignores the unknown keyword arguments {sorted(kwargs)}; its settings are "
-                "mode, clip_resolution, image_mean, image_std, size_divisibility, sliding_canvas_size, "
-                "sliding_tile_size, sliding_stride, input_data_format, return_tensors and device."
-            )
-        mode = self.mode if mode is None else mode
-        clip_resolution = self.clip_resolution if clip_resolution is None else int(clip_resolution)
-        image_mean = self.image_mean if image_mean is None else [float(v) for v in image_mean]
-        image_std = self.image_std if image_std is None else [float(v) for v in image_std]
-        size_divisibility = self.size_divisibility if size_divisibility is None else int(size_divisibility)
-        canvas = self.sliding_canvas_size if sliding_canvas_size is None else int(sliding_canvas_size)
-        tile = self.sliding_tile_size if sliding_tile_size is None else int(sliding_tile_size)
-        stride = self.sliding_stride if sliding_stride is None else int(sliding_stride)
-        _validate_settings(mode, clip_resolution, image_mean, image_std, size_divisibility, canvas, tile, stride)
-        if return_tensors not in (None, "pt", "np"):
-            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}.")
-
+        settings = self._resolve_settings(kwargs, f"{type(self).__name__}.preprocess()")
         image_list = _as_image_list(images)
         if not image_list:
-            raise ValueError("No image given: pass a PIL image, a numpy array, a torch tensor, or a non-empty list.")
+            raise ValueError(
+                f"No image given (images={_short_repr(images)}): pass a PIL image, a numpy array, a torch tensor, or a "
+                "non-empty list of them."
+            )
 
-        compute_device = torch.device(device) if device is not None else torch.device("cpu")
-        # torch.tensor(list) in float32, then view(-1, 1, 1): the same values the official code normalises with.
-        mean = torch.tensor(image_mean, dtype=torch.float32, device=compute_device).view(-1, 1, 1)
-        std = torch.tensor(image_std, dtype=torch.float32, device=compute_device).view(-1, 1, 1)
-
-        views, original_sizes, layouts = [], [], []
+        device = torch.device(settings["device"]) if settings["device"] is not None else torch.device("cpu")
+        whole = settings["mode"] == "whole"
+        views = []
         for index, image in enumerate(image_list):
             try:
-                pixels = _to_float_chw(image, input_data_format)
+                pixels, image_size = _load_image(
+                    image,
+                    settings["input_data_format"],
+                    settings["do_convert_rgb"],
+                    max_pixels=settings["max_image_pixels"],
+                    # Whole mode pads after normalising; the zeros are written here, normalisation skips them.
+                    size_divisibility=settings["size_divisibility"] if whole else 0,
+                )
+                mean, std = _normalisation(settings, pixels.shape[0], device)
             except (TypeError, ValueError) as err:
                 raise type(err)(f"Image {index} of the batch: {err}") from err
-            pixels = pixels.to(compute_device)
-            original_sizes.append(list(pixels.shape[-2:]))
-            if mode == "whole":
-                views.append(_whole_view(pixels, mean, std, size_divisibility, clip_resolution))
-                layouts.append([0, 0, 0, 0])
+            pixels = pixels.to(device)
+            scale = settings["rescale_factor"] if settings["do_rescale"] else None
+            if whole:
+                resolution = (settings["clip_resolution"], settings["clip_resolution"])
+                image_views = _whole_views(pixels.unsqueeze(0), [image_size], scale, mean, std, resolution)[0]
             else:
-                views.append(_sliding_views(pixels, mean, std, canvas, tile, stride, clip_resolution))
-                layouts.append([canvas, canvas, tile, stride])
+                image_views = _sliding_views(
+                    pixels,
+                    scale,
+                    mean,
+                    std,
+                    settings["sliding_canvas_size"],
+                    settings["sliding_tile_size"],
+                    settings["sliding_stride"],
+                    settings["clip_resolution"],
+                )
+            if settings["data_format"] == "channels_last":
+                image_views = image_views.movedim(-3, -1)
+            views.append(image_views)
             del pixels  # a 4000x3000 float image is ~140 MB: free it before the next one
 
-        data = {
-            "pixel_values": torch.cat(views, dim=0),
-            "original_sizes": torch.tensor(original_sizes, dtype=torch.int64),
-            "view_layout": torch.tensor(layouts, dtype=torch.int64),
-        }
+        return_tensors = settings["return_tensors"]
+        if return_tensors is None:
+            return BatchFeature(data={"pixel_values": views})
+        pixel_values = torch.stack(views)
+        del views
         if return_tensors == "np":
-            data = {key: value.cpu().numpy() for key, value in data.items()}
-        return BatchFeature(data=data, tensor_type=return_tensors)
+            pixel_values = pixel_values.cpu().numpy()
+        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+    def preprocess_padded_batch(
+        self,
+        images: Any,
+        clip_resolution: int | Sequence[int] | None = None,
+        **kwargs: Unpack[CATSegImageProcessorKwargs],
+    ) -> BatchFeature:
+        r"""
+        Whole-mode views of a batch padded together, as the official training batches are made: every image is
+        normalised, zero-padded bottom/right to the batch's largest height and width (each rounded up to a multiple
+        of `size_divisibility`), and the padded batch is resized to the CLIP resolution. The same maths as
+        `preprocess(..., mode="whole")`, which pads each image only to its own multiple.
+
+        Args:
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+                The images, as for [`~CATSegImageProcessor.preprocess`].
+            clip_resolution (`int` or `tuple[int, int]`, *optional*, defaults to `self.clip_resolution`):
+                Side, or `(height, width)`, of the resized batch.
+            kwargs ([`CATSegImageProcessorKwargs`], *optional*):
+                Per-call overrides of the other settings (`image_mean`, `image_std`, `size_divisibility`, ...);
+                `mode` is always `"whole"`.
+
+        Returns:
+            [`BatchFeature`] with `pixel_values`, float32 `(batch, 3, height, width)` (channels first), and
+            `padded_size`, the `(height, width)` the batch was padded to before resizing (training labels are padded
+            to it).
+        """
+        if clip_resolution is None or isinstance(clip_resolution, (int, np.integer)):
+            if clip_resolution is not None:
+                kwargs["clip_resolution"] = int(clip_resolution)
+            resolution = None
+        else:
+            resolution = tuple(int(v) for v in clip_resolution)
+            if len(resolution) != 2 or min(resolution) <= 0:
+                raise ValueError(f"clip_resolution must be an int or a positive (height, width), got {clip_resolution!r}.")
+        settings = self._resolve_settings({**kwargs, "mode": "whole"}, f"{type(self).__name__}.preprocess_padded_batch()")
+        if resolution is None:
+            resolution = (settings["clip_resolution"], settings["clip_resolution"])
+        image_list = _as_image_list(images)
+        if not image_list:
+            raise ValueError("Cannot make a batch of no images.")
+        device = torch.device(settings["device"]) if settings["device"] is not None else torch.device("cpu")
+        scale = settings["rescale_factor"] if settings["do_rescale"] else None
+        loaded, image_sizes = [], []
+        for index, image in enumerate(image_list):
+            try:
+                pixels, image_size = _load_image(
+                    image, settings["input_data_format"], settings["do_convert_rgb"], settings["max_image_pixels"]
+                )
+                if loaded and pixels.shape[0] != loaded[0].shape[0]:
+                    raise ValueError(f"it has {pixels.shape[0]} channels, image 0 has {loaded[0].shape[0]}.")
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"Image {index} of the batch: {err}") from err
+            loaded.append(pixels)
+            image_sizes.append(image_size)
+        mean, std = _normalisation(settings, loaded[0].shape[0], device)
+        padded_size = _padded_size(image_sizes, settings["size_divisibility"])
+        batch = torch.zeros(len(loaded), loaded[0].shape[0], *padded_size, dtype=torch.float32, device=device)
+        for target, pixels, (height, width) in zip(batch, loaded, image_sizes):
+            target[:, :height, :width] = pixels
+        del loaded
+        pixel_values = _whole_views(batch, image_sizes, scale, mean, std, resolution)
+        if settings["data_format"] == "channels_last":
+            pixel_values = pixel_values.movedim(-3, -1)
+        return BatchFeature(data={"pixel_values": pixel_values, "padded_size": padded_size})
+
+    def _resolve_settings(self, kwargs: dict[str, Any], caller: str) -> dict[str, Any]:
+        """The settings of one call (or of `__init__`): `kwargs` over this instance's, checked and normalised."""
+        valid = set(self.valid_kwargs.__annotations__)
+        unknown = sorted(set(kwargs) - valid)
+        if unknown:
+            raise TypeError(
+                f"{caller} got unexpected keyword argument(s) {unknown}. Its settings are "
+                f"{sorted(valid - set(_UNSUPPORTED_IMAGES_KWARGS))}."
+            )
+        unsupported = [key for key in kwargs if key in _UNSUPPORTED_IMAGES_KWARGS and kwargs[key] is not None]
+        if unsupported:
+            details = "; ".join(f"`{key}`: {_UNSUPPORTED_IMAGES_KWARGS[key]}" for key in unsupported)
+            raise ValueError(f"{caller} does not support {unsupported} (CAT-Seg's views are fixed): {details}.")
+
+        settings = {}
+        for key in sorted(valid - set(_UNSUPPORTED_IMAGES_KWARGS)):
+            value = kwargs[key] if key in kwargs else getattr(self, key)
+            if value is None and (key in _INT_SETTINGS or key in ("mode", "image_mean", "image_std")):
+                value = getattr(type(self), key)  # None asks for the default of CAT-Seg's own settings
+            settings[key] = value
+
+        for key in _INT_SETTINGS:
+            value = settings[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)) or value != int(value):
+                raise ValueError(f"{key} must be an integer, got {value!r}.")
+            settings[key] = int(value)
+        if not isinstance(settings["mode"], str):
+            raise ValueError(f"mode must be one of {PROCESSING_MODES}, got {settings['mode']!r}.")
+        for key in ("image_mean", "image_std"):
+            value = settings[key]
+            settings[key] = float(value) if isinstance(value, (int, float)) else [float(v) for v in value]
+        if settings["rescale_factor"] is not None:
+            settings["rescale_factor"] = float(settings["rescale_factor"])
+        for key in ("data_format", "input_data_format", "return_tensors"):
+            # Enums (ChannelDimension, TensorType) compare by their string value.
+            settings[key] = getattr(settings[key], "value", settings[key])
+        if settings["data_format"] is None:
+            settings["data_format"] = "channels_first"
+
+        _validate_settings(
+            mode=settings["mode"],
+            clip_resolution=settings["clip_resolution"],
+            image_mean=settings["image_mean"],
+            image_std=settings["image_std"],
+            size_divisibility=settings["size_divisibility"],
+            canvas=settings["sliding_canvas_size"],
+            tile=settings["sliding_tile_size"],
+            stride=settings["sliding_stride"],
+            max_image_pixels=settings["max_image_pixels"],
+        )
+        if settings["do_rescale"] and settings["rescale_factor"] is None:
+            raise ValueError("do_rescale=True needs a rescale_factor.")
+        if settings["data_format"] not in _DATA_FORMATS:
+            raise ValueError(f"data_format must be one of {_DATA_FORMATS}, got {settings['data_format']!r}.")
+        if settings["input_data_format"] not in (None, *_DATA_FORMATS):
+            raise ValueError(
+                f"input_data_format must be None or one of {_DATA_FORMATS}, got {settings['input_data_format']!r}."
+            )
+        if settings["return_tensors"] not in _RETURN_TENSORS:
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {settings['return_tensors']!r}.")
+        return settings
 
     # ---------------------------------------------------------------------------------------------- postprocessing
     def post_process_semantic_segmentation(
         self,
         outputs: Any,
         target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
-        return_probabilities: bool = False,
-    ) -> list[torch.Tensor] | list[dict[str, torch.Tensor]]:
-        """Turns CAT-Seg's logits into one label map per image (and optionally per-class probabilities).
+        return_segmentation_scores: bool = False,
+        image_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
+        return_probabilities: bool | None = None,
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
+        r"""
+        Turns the logits of [`CATSegForSemanticSegmentation`] into one label map per image.
 
-        Whole-mode images: sigmoid, then bilinear resize to the target size. Sliding-mode images: the logits of the
-        tiles and of the global view are resized to the tile size and passed through a sigmoid; the tiles are folded
-        back onto the canvas (overlaps averaged), averaged with the global view resized to the canvas, and the result
-        is resized to the target size. The label of a pixel is the arg-max over classes.
+        Whole mode (4-D logits): sigmoid, then bilinear resize to the target size. Sliding mode (5-D logits): the
+        logits of the tiles and of the global view are resized to the tile size and passed through a sigmoid; the
+        tiles are folded back onto the canvas (overlaps averaged), averaged with the global view resized to the
+        canvas, and the result is resized to the target size. The label of a pixel is the arg-max over classes.
+
+        The sliding window is the one of this processor's settings (`sliding_canvas_size`, `sliding_tile_size`,
+        `sliding_stride`): post-process with the processor that made the inputs.
 
         Args:
-            outputs: the model output (attribute or key access) with `logits` `(num_views_total, T, h, w)` and, as
-                handed back by the model from the processor's outputs, `original_sizes` `(batch, 2)` and
-                `view_layout` `(batch, 4)`. Without `original_sizes`/`view_layout` every logits row is treated as a
-                whole-mode image. A bare logits tensor is accepted too.
-            target_sizes: `(height, width)` per image (a list of pairs or a `(batch, 2)` tensor). Default: the
-                original image sizes; without those, the canvas size (sliding) or the logits size (whole).
-            return_probabilities: also return the per-class probabilities at the target size.
+            outputs ([`CATSegSemanticSegmenterOutput`] or `torch.Tensor`):
+                The model output (or a dict) with `logits`, or the logits themselves: `(batch, num_classes, height,
+                width)` for whole-mode inputs, `(batch, num_views, num_classes, height, width)` for sliding-mode ones.
+            target_sizes (`list[tuple[int, int]]` or `torch.Tensor` of shape `(batch, 2)`, *optional*):
+                The `(height, width)` of each output map, usually the size of each original image. Defaults to the
+                canvas size (sliding) or the logits size (whole).
+            return_segmentation_scores (`bool`, *optional*, defaults to `False`):
+                Whether to also return the per-class scores: the probabilities the official implementation outputs.
+            image_sizes (`list[tuple[int, int]]` or `torch.Tensor` of shape `(batch, 2)`, *optional*):
+                The `(height, width)` of each image as given to the processor. In whole mode the probability map is
+                first cropped to it, as the official post-processing does (a no-op unless the image is smaller than
+                the logits map); not used in sliding mode.
+            return_probabilities (`bool`, *optional*):
+                Deprecated: use `return_segmentation_scores`. `True` returns dicts with `"segmentation"` and
+                `"probabilities"`.
 
         Returns:
-            A list with one entry per image: an int64 `(height, width)` label map, or with
-            `return_probabilities=True` a dict `{"segmentation": (height, width) int64, "probabilities":
-            (T, height, width) float32}`.
+            `list[torch.Tensor]` or `list[SemanticSegmentationPostProcessorOutput]`: one int64 `(height, width)` label
+            map per image; with `return_segmentation_scores=True`, one
+            [`~image_processing_outputs.SemanticSegmentationPostProcessorOutput`] per image with `segmentation`
+            (int64 `(height, width)`) and `segmentation_scores` (float32 `(num_classes, height, width)` probabilities).
         """
+        if return_probabilities is not None:
+            warnings.warn(
+                "`return_probabilities` is deprecated and will be removed in the next release: use "
+                "`return_segmentation_scores=True`, whose `segmentation_scores` are the same probabilities.",
+                FutureWarning,
+                stacklevel=2,
+            )
+            if return_probabilities and return_segmentation_scores:
+                raise ValueError("Pass only `return_segmentation_scores=True` (`return_probabilities` is deprecated).")
         logits = _get_field(outputs, "logits")
-        if logits is None:
+        if not isinstance(logits, torch.Tensor):
             raise ValueError(
                 "post_process_semantic_segmentation needs the model's `logits` (an output object or dict with a "
-                "`logits` entry, or the logits tensor itself)."
+                "`logits` tensor, or the logits tensor itself)."
             )
-        if logits.ndim != 4:
-            raise ValueError(
-                f"logits must be (num_views, num_classes, height, width), got shape {tuple(logits.shape)}."
-            )
-        original_sizes = _get_field(outputs, "original_sizes")
-        view_layout = _get_field(outputs, "view_layout")
-        layouts = self._resolve_layouts(logits.shape[0], original_sizes, view_layout)
-        num_images = len(layouts)
-
-        if original_sizes is not None:
-            original_sizes = _as_size_list(original_sizes, "original_sizes")
-            if len(original_sizes) != num_images:
+        if logits.ndim == 4:
+            layout = (0, 0, 0, 0)
+        elif logits.ndim == 5:
+            canvas, tile, stride = self.sliding_canvas_size, self.sliding_tile_size, self.sliding_stride
+            _validate_settings("sliding", 1, [0.0], [1.0], 0, canvas, tile, stride)
+            layout = (canvas, canvas, tile, stride)
+            if logits.shape[1] != _num_views(layout):
                 raise ValueError(
-                    f"original_sizes has {len(original_sizes)} rows but view_layout describes {num_images} images."
+                    f"The sliding-mode logits hold {logits.shape[1]} views per image, but this processor's sliding "
+                    f"window (sliding_canvas_size={canvas}, sliding_tile_size={tile}, sliding_stride={stride}) has "
+                    f"{_num_views(layout)}; post-process with the settings the inputs were made with."
                 )
+        else:
+            raise ValueError(
+                "logits must be (batch, num_classes, height, width) for whole mode or (batch, num_views, "
+                f"num_classes, height, width) for sliding mode, got shape {tuple(logits.shape)}."
+            )
+        if not bool(torch.isfinite(logits).all()):
+            # A sigmoid of NaN is NaN, and an arg-max over NaN picks class 0 everywhere: a confident-looking map.
+            non_finite = (~torch.isfinite(logits)).flatten(1).sum(dim=1)
+            images = non_finite.nonzero().flatten().tolist()
+            raise ValueError(
+                f"The logits contain {int(non_finite.sum())} NaN or infinite value(s) of {logits.numel()} (in "
+                f"image(s) {images[:10]}{' ...' if len(images) > 10 else ''} of the batch), so no segmentation can "
+                "be read from them; check the model's inputs and dtype (e.g. float16 overflow)."
+            )
+
+        num_images = logits.shape[0]
         if target_sizes is not None:
             target_sizes = _as_size_list(target_sizes, "target_sizes")
             if len(target_sizes) != num_images:
                 raise ValueError(
-                    f"target_sizes has {len(target_sizes)} entries but the outputs hold {num_images} images "
-                    f"({logits.shape[0]} logits rows); pass one (height, width) per image."
+                    f"target_sizes has {len(target_sizes)} entries but the logits hold {num_images} images; pass one "
+                    "(height, width) per image."
                 )
-        elif original_sizes is not None:
-            target_sizes = original_sizes
         else:
-            target_sizes = [
-                (layout[0], layout[1]) if any(layout) else tuple(logits.shape[-2:]) for layout in layouts
-            ]
-
-        results = []
-        start = 0
-        for index, (layout, target) in enumerate(zip(layouts, target_sizes)):
-            num_views = _num_views(layout)
-            image_logits = logits[start : start + num_views]
-            start += num_views
-            input_size = tuple(original_sizes[index]) if original_sizes is not None else None
-            results.append(_postprocess_one(image_logits, layout, tuple(target), return_probabilities, input_size))
-        return results
-
-    def _resolve_layouts(
-        self, num_rows: int, original_sizes: Any, view_layout: Any
-    ) -> list[tuple[int, int, int, int]]:
-        """One `(canvas_h, canvas_w, tile, stride)` per image (zeros = whole), checked against the logits rows."""
-        if view_layout is None:
-            if original_sizes is not None and len(original_sizes) != num_rows:
+            default = layout[:2] if any(layout) else tuple(logits.shape[-2:])
+            target_sizes = [tuple(default)] * num_images
+        if image_sizes is not None:
+            image_sizes = _as_size_list(image_sizes, "image_sizes")
+            if len(image_sizes) != num_images:
                 raise ValueError(
-                    f"The outputs have original_sizes for {len(original_sizes)} images but {num_rows} logits rows and "
-                    "no view_layout; pass the processor's `view_layout` through the model (it hands it back on its "
-                    "outputs) so that sliding-window views can be told apart."
+                    f"image_sizes has {len(image_sizes)} entries but the logits hold {num_images} images; pass one "
+                    "(height, width) per image."
                 )
-            return [(0, 0, 0, 0)] * num_rows
-        layouts = [tuple(int(v) for v in row) for row in _as_int_rows(view_layout, "view_layout", 4)]
-        for layout in layouts:
-            if any(layout):
-                canvas_h, canvas_w, tile, stride = layout
-                if min(layout) <= 0 or tile > min(canvas_h, canvas_w) or (canvas_h - tile) % stride or (
-                    canvas_w - tile
-                ) % stride:
-                    raise ValueError(
-                        f"Invalid view_layout row {list(layout)}: expected (canvas_h, canvas_w, tile, stride) with "
-                        "tile <= canvas and (canvas - tile) a multiple of stride, or all zeros for whole mode."
-                    )
-        expected = sum(_num_views(layout) for layout in layouts)
-        if expected != num_rows:
-            raise ValueError(
-                f"view_layout describes {expected} views but logits has {num_rows} rows; pass the logits and the "
-                "view_layout/original_sizes of the same processor call."
-            )
-        return layouts
+
+        want_scores = bool(return_segmentation_scores or return_probabilities)
+        results = []
+        for index in range(num_images):
+            # Whole mode: one view of shape (1, T, h, w); sliding mode: (num_views, T, h, w).
+            image_logits = logits[index] if any(layout) else logits[index : index + 1]
+            input_size = image_sizes[index] if image_sizes is not None and not any(layout) else None
+            result = _postprocess_one(image_logits, layout, target_sizes[index], want_scores, input_size)
+            if return_segmentation_scores:
+                result = SemanticSegmentationPostProcessorOutput(
+                    data={"segmentation": result["segmentation"], "segmentation_scores": result["probabilities"]}
+                )
+            results.append(result)
+        return results
 
 
 # ==================================================================================================== helpers
 def _validate_settings(
     mode: str,
     clip_resolution: int,
-    image_mean: Sequence[float],
-    image_std: Sequence[float],
+    image_mean: float | Sequence[float],
+    image_std: float | Sequence[float],
     size_divisibility: int,
     canvas: int,
     tile: int,
     stride: int,
+    max_image_pixels: int = 0,
 ) -> None:
     if mode not in PROCESSING_MODES:
         raise ValueError(f"mode must be one of {PROCESSING_MODES}, got {mode!r}.")
     if clip_resolution <= 0:
         raise ValueError(f"clip_resolution must be positive, got {clip_resolution}.")
-    if len(image_mean) != 3 or len(image_std) != 3:
-        raise ValueError(f"image_mean and image_std need 3 values (RGB), got {list(image_mean)} and {list(image_std)}.")
-    if min(image_std) <= 0:
-        raise ValueError(f"image_std values must be positive, got {list(image_std)}.")
+    means = [image_mean] if isinstance(image_mean, float) else list(image_mean)
+    stds = [image_std] if isinstance(image_std, float) else list(image_std)
+    if not means or not stds:
+        raise ValueError(f"image_mean and image_std need one value per channel, got {image_mean} and {image_std}.")
+    if min(stds) <= 0:
+        raise ValueError(f"image_std values must be positive, got {image_std}.")
     if size_divisibility < 0:
         raise ValueError(f"size_divisibility must be >= 0 (0 or 1: no padding), got {size_divisibility}.")
+    if max_image_pixels < 0:
+        raise ValueError(f"max_image_pixels must be >= 0 (0: no limit), got {max_image_pixels}.")
     if mode == "sliding":
         if min(canvas, tile, stride) <= 0 or tile > canvas:
             raise ValueError(
@@ -357,6 +568,47 @@ def _validate_settings(
                 f"Sliding window: (canvas - tile) = {canvas - tile} is not a multiple of the stride {stride}, so the "
                 "tiles would not cover the canvas; change sliding_canvas_size, sliding_tile_size or sliding_stride."
             )
+
+
+def _normalisation(
+    settings: dict[str, Any], num_channels: int, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The mean and std as `(C, 1, 1)` float32 tensors (None when not normalising), checked against the channels."""
+    if not settings["do_normalize"]:
+        return None, None
+    tensors = []
+    for key in ("image_mean", "image_std"):
+        values = settings[key]
+        values = [values] if isinstance(values, float) else values
+        if len(values) not in (1, num_channels):
+            raise ValueError(
+                f"The image has {num_channels} channels but {key} has {len(values)} values {values}; give one value "
+                "per channel (or one for all)."
+            )
+        # torch.tensor(list) in float32, then view(-1, 1, 1): the same values the official code normalises with.
+        tensors.append(torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1))
+    return tensors[0], tensors[1]
+
+
+def _rescale_and_normalise(
+    pixels: torch.Tensor, scale: float | None, mean: torch.Tensor | None, std: torch.Tensor | None
+) -> torch.Tensor:
+    # Without rescaling this is exactly the official `(x - mean) / std`.
+    if scale is not None:
+        pixels = pixels * scale
+    if mean is not None:
+        pixels = (pixels - mean) / std
+    return pixels
+
+
+def _rescale_and_normalise_(
+    pixels: torch.Tensor, scale: float | None, mean: torch.Tensor | None, std: torch.Tensor | None
+) -> None:
+    """`_rescale_and_normalise` in place: the same elementwise operations, so the same values."""
+    if scale is not None:
+        pixels.mul_(scale)
+    if mean is not None:
+        pixels.sub_(mean).div_(std)
 
 
 def _as_image_list(images: Any) -> list[Any]:
@@ -391,119 +643,235 @@ def _channels_first(shape: Sequence[int], prefer_first: bool, input_data_format:
     )
 
 
-def _pil_to_array(image: Image.Image) -> np.ndarray:
-    """A PIL image as an (H, W) or (H, W, C) array on the 0-255 scale (float for 16-bit data)."""
-    mode = image.mode
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters, for naming a bad argument in a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _pil_band_array(band: Image.Image) -> tuple[np.ndarray, float | None]:
+    """Rows of a PIL image as an (h, W) or (h, W, C) array, and what to divide its values by to reach 0-255.
+
+    Every conversion here is per pixel, so converting the image band by band gives what converting it whole would.
+    """
+    mode = band.mode
     if mode in _PIL_16BIT_MODES:
-        return np.asarray(image).astype(np.float32) / np.float32(257.0)
+        return np.asarray(band), 257.0
     if mode == "I":
         # 32-bit integer mode: what older Pillow gives for 16-bit PNGs. Only the 16-bit range is meaningful here.
-        array = np.asarray(image)
-        if array.size and (array.min() < 0 or array.max() > 65535):
+        array = np.asarray(band)
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 65535:
             raise ValueError(
-                f"PIL mode 'I' image with values in [{array.min()}, {array.max()}]: only 16-bit data (0-65535) is "
-                "supported; convert it to 8-bit RGB or to a float 0-255 array first."
+                f"PIL mode 'I' image with values in [{low}, {high}]: only 16-bit data (0-65535) is supported; "
+                "convert it to 8-bit RGB or to a float 0-255 array first."
             )
-        return array.astype(np.float32) / np.float32(257.0)
+        return array, 257.0
     if mode in ("RGB", "RGBA", "L", "LA", "F"):
-        return np.asarray(image)
+        return np.asarray(band), None
     if mode == "P":
         # Palette images with transparency convert cleanly only to RGBA; the alpha is dropped later.
-        return np.asarray(image.convert("RGBA" if "transparency" in image.info else "RGB"))
-    if mode in ("1", "La"):
-        return np.asarray(image.convert("L"))
+        return np.asarray(band.convert("RGBA" if "transparency" in band.info else "RGB")), None
+    if mode == "PA":
+        return np.asarray(band.convert("RGBA")), None
+    if mode == "1":
+        return np.asarray(band.convert("L")), None
+    if mode == "La":
+        # Premultiplied alpha: "LA" undoes the premultiplication (as "RGBa" -> "RGB" does), then alpha is dropped.
+        return np.asarray(band.convert("LA")), None
     try:
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(band.convert("RGB")), None
     except (ValueError, OSError) as err:
         raise ValueError(f"Unsupported PIL image mode {mode!r}: convert the image to 'RGB' first ({err}).") from err
 
 
-def _to_float_chw(image: Any, input_data_format: Any = None) -> torch.Tensor:
-    """One image as a float32 (3, H, W) CPU tensor on the 0-255 scale."""
-    # Only caller-provided float data is checked for a 0-1 scale; 16-bit inputs become floats here legitimately.
-    is_float_input = (isinstance(image, np.ndarray) and image.dtype.kind == "f") or (
-        isinstance(image, torch.Tensor) and image.is_floating_point()
-    )
-    if isinstance(image, (Image.Image, np.ndarray)):
-        array = _pil_to_array(image) if isinstance(image, Image.Image) else image
-        if not array.dtype.isnative:  # torch cannot wrap byte-swapped buffers (e.g. big-endian 16-bit data)
-            array = array.astype(array.dtype.newbyteorder("="))
-        if array.dtype == np.uint16:
-            array = array.astype(np.float32) / np.float32(257.0)
-        elif array.dtype == np.bool_:
-            array = array.astype(np.float32) * np.float32(255.0)
-        elif array.dtype.kind not in "uif":
-            raise TypeError(f"Unsupported numpy image dtype {array.dtype}: use uint8, uint16 or float (0-255).")
-        if not array.flags.writeable:
-            # torch warns about read-only buffers (np.asarray of a PIL image is one); we never write, but copy to
-            # keep the caller's output clean (a uint8 copy is cheap next to the float32 one made below).
-            array = array.copy()
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        prefer_first = False
+def _pil_bands(image: Image.Image) -> Iterator[tuple[int, np.ndarray, float | None]]:
+    """A PIL image band by band: (first row, array (h, W[, C]), divisor), so that no full-size copy but the float32
+    one is made; an image of up to `_LOAD_BAND_PIXELS` is one band, without a crop."""
+    width, height = image.size
+    band_rows = max(1, _LOAD_BAND_PIXELS // width)
+    if band_rows >= height:
+        yield (0, *_pil_band_array(image))
+        return
+    for top in range(0, height, band_rows):
+        # PIL pads a crop box that goes beyond the image, so the last box ends at the last row.
+        yield (top, *_pil_band_array(image.crop((0, top, width, min(top + band_rows, height)))))
+
+
+def _check_image_pixels(height: int, width: int, max_pixels: int) -> None:
+    if max_pixels and height * width > max_pixels:
+        raise ValueError(
+            f"The image is {width}x{height} pixels ({height * width / 1e6:.1f} megapixels), above the limit of "
+            f"max_image_pixels={max_pixels} ({max_pixels / 1e6:g} megapixels): processing it would hold a float32 "
+            f"copy of it at full resolution (about {12 * height * width / 2**30:.1f} GiB for RGB). Downscale it "
+            "first (CAT-Seg sees it at 640x640 in sliding mode and at the CLIP resolution in whole mode), or raise "
+            "the limit (`max_image_pixels=...` on the processor or per call; 0: no limit)."
+        )
+
+
+def _load_image(
+    image: Any,
+    input_data_format: Any = None,
+    convert_rgb: bool = True,
+    max_pixels: int = 0,
+    size_divisibility: int = 0,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One image as a float32 `(C, H', W')` tensor on the 0-255 scale, and its `(height, width)`.
+
+    C = 3 with `convert_rgb`, else as given. `H', W'` are the height and width rounded up to a multiple of
+    `size_divisibility` (> 1), the padding filled with zeros; otherwise the image's own. The tensor is on the CPU, or
+    on the device of a torch input.
+
+    The pixels are written straight into that one float32 tensor (PIL images band by band), so that the only
+    full-resolution copy made is the float32 one: peak memory is about 4 bytes per kept channel and pixel, plus the
+    input. Float inputs are checked for NaN and infinite values, in one pass without temporaries.
+    """
+    if isinstance(image, Image.Image):
+        width, height = image.size
+        _check_image_pixels(height, width, max_pixels)
+        if height == 0 or width == 0:
+            raise ValueError(f"Empty PIL image of size {width}x{height}.")
+        bands = _pil_bands(image)
+        channels_first = False
+        is_float = image.mode == "F"
+        multiplier = None
+    elif isinstance(image, np.ndarray):
+        if image.dtype.kind not in "buif":
+            raise TypeError(f"Unsupported numpy image dtype {image.dtype}: use uint8, uint16 or float (0-255).")
+        channels_first = image.ndim == 3 and _channels_first(image.shape, False, input_data_format)
+        # 16-bit in either byte order (the cast below reads big-endian data as well).
+        divisor = 257.0 if image.dtype.kind == "u" and image.dtype.itemsize == 2 else None
+        bands = iter([(0, image, divisor)])
+        is_float = image.dtype.kind == "f"
+        multiplier = 255.0 if image.dtype == np.bool_ else None
     elif isinstance(image, torch.Tensor):
-        tensor = image.detach()
-        if tensor.dtype == torch.uint16:
-            tensor = tensor.to(torch.float32) / 257.0
-        elif tensor.dtype == torch.bool:
-            tensor = tensor.to(torch.float32) * 255.0
-        elif tensor.is_complex():
-            raise TypeError(f"Unsupported torch image dtype {tensor.dtype}: use uint8 or float (0-255).")
-        prefer_first = True
+        if image.is_complex():
+            raise TypeError(f"Unsupported torch image dtype {image.dtype}: use uint8 or float (0-255).")
+        channels_first = image.ndim == 3 and _channels_first(tuple(image.shape), True, input_data_format)
+        divisor = 257.0 if image.dtype == torch.uint16 else None
+        bands = iter([(0, image.detach(), divisor)])
+        is_float = image.is_floating_point()
+        multiplier = 255.0 if image.dtype == torch.bool else None
     else:
         raise TypeError(
-            f"Unsupported image type {type(image).__name__}: pass PIL images, numpy arrays or torch tensors."
+            f"Unsupported image type {type(image).__name__} ({_short_repr(image)}): pass PIL images, numpy arrays or "
+            "torch tensors."
         )
+    if not isinstance(image, Image.Image):
+        if image.ndim not in (2, 3):
+            raise ValueError(
+                f"An image must have 2 or 3 dimensions (a 4-D input is a batch), got shape {tuple(image.shape)}."
+            )
+        height, width = image.shape[-2:] if channels_first or image.ndim == 2 else image.shape[:2]
+        if height == 0 or width == 0:
+            raise ValueError(f"Empty image of shape {tuple(image.shape)}.")
+        _check_image_pixels(height, width, max_pixels)
 
-    if tensor.ndim == 2:
-        tensor = tensor.unsqueeze(0)
-    elif tensor.ndim == 3:
-        if not _channels_first(tuple(tensor.shape), prefer_first, input_data_format):
-            tensor = tensor.permute(2, 0, 1)
-    else:
-        raise ValueError(
-            f"An image must have 2 or 3 dimensions (a 4-D input is a batch), got shape {tuple(tensor.shape)}."
-        )
-    if tensor.shape[-2] == 0 or tensor.shape[-1] == 0:
-        raise ValueError(f"Empty image of shape {tuple(tensor.shape)}.")
+    pixels = None
+    for top, band, divisor in bands:
+        # The band as (C, h, W): a view, no copy.
+        if band.ndim == 2:
+            band = band[None]
+        elif not channels_first:
+            band = band.transpose(2, 0, 1) if isinstance(band, np.ndarray) else band.permute(2, 0, 1)
+        if pixels is None:
+            channels = band.shape[0]
+            if channels not in (1, 2, 3, 4):
+                raise ValueError(f"An image needs 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA) channels, got {channels}.")
+            # Grayscale (+ alpha) keeps its gray channel (replicated below), RGBA drops alpha.
+            kept = {1: 1, 2: 1, 3: 3, 4: 3}[channels] if convert_rgb else channels
+            padded_h, padded_w = _padded_size([(height, width)], size_divisibility)
+            out_channels = 3 if convert_rgb else channels
+            device = band.device if isinstance(band, torch.Tensor) else "cpu"
+            make = torch.zeros if (padded_h, padded_w) != (height, width) else torch.empty
+            pixels = make(out_channels, padded_h, padded_w, dtype=torch.float32, device=device)
+        rows = slice(top, top + band.shape[1])
+        if isinstance(band, np.ndarray):
+            # The cast is exact for integers and rounds floats to nearest, as torch's. Values beyond float32 become
+            # infinite, and are reported as such below.
+            with np.errstate(over="ignore", invalid="ignore"):
+                np.copyto(pixels[:kept, rows, :width].numpy(), band[:kept], casting="unsafe")
+        else:
+            pixels[:kept, rows, :width].copy_(band[:kept])
+        if divisor is not None:
+            pixels[:kept, rows, :width].div_(divisor)
+        elif multiplier is not None:
+            pixels[:kept, rows, :width].mul_(multiplier)
 
-    channels = tensor.shape[0]
-    if channels in (1, 2):  # grayscale (+ alpha): replicate the gray channel
-        tensor = tensor[:1].expand(3, -1, -1)
-    elif channels == 4:  # RGBA: drop alpha
-        tensor = tensor[:3]
-    elif channels != 3:
-        raise ValueError(f"An image needs 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA) channels, got {channels}.")
-    tensor = tensor.to(dtype=torch.float32)
-    if is_float_input and tensor.numel() > 1 and 0.0 < float(tensor.max()) <= 1.0:
-        logger.warning_once(
-            "A float image has all its values in [0, 1], but CATSegImageProcessor expects pixels on the 0-255 scale "
-            "(as the official model). Multiply such images by 255 before processing them."
-        )
-    if not tensor.is_contiguous():
-        tensor = tensor.contiguous()
-    return tensor
+    image_region = pixels[:kept, :height, :width]
+    if is_float:
+        # NaN propagates through min/max, and infinities are their own extremes: one pass, no temporary.
+        low, high = (float(v) for v in torch.aminmax(image_region))
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(_non_finite_message(image_region))
+        if 0.0 < high <= 1.0 and image_region.numel() > 1:
+            logger.warning_once(
+                "A float image has all its values in [0, 1], but CATSegImageProcessor expects pixels on the 0-255 "
+                "scale (as the official model). Multiply such images by 255 before processing them."
+            )
+    if kept < pixels.shape[0]:
+        pixels[kept:, :height, :width] = image_region[:1]
+    return pixels, (height, width)
 
 
-def _whole_view(
-    pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, size_divisibility: int, clip_resolution: int
-) -> torch.Tensor:
-    """Official non-sliding path: normalise, zero-pad bottom/right to a multiple, resize to the CLIP resolution."""
-    normalised = (pixels - mean) / std
-    height, width = normalised.shape[-2:]
-    if size_divisibility > 1:
-        padded_h = math.ceil(height / size_divisibility) * size_divisibility
-        padded_w = math.ceil(width / size_divisibility) * size_divisibility
-        # Padding after normalisation: the padded area is 0 in normalised space, as in detectron2's ImageList.
-        normalised = F.pad(normalised, (0, padded_w - width, 0, padded_h - height), value=0.0)
-    return F.interpolate(
-        normalised.unsqueeze(0), size=(clip_resolution, clip_resolution), mode="bilinear", align_corners=False
+def _non_finite_message(pixels: torch.Tensor) -> str:
+    """Names how many pixels of a `(C, H, W)` image are NaN or infinite (counted row band by row band)."""
+    height, width = pixels.shape[-2:]
+    band_rows = max(1, _LOAD_BAND_PIXELS // width)
+    count, nan_count, first = 0, 0, None
+    for top in range(0, height, band_rows):
+        band = pixels[:, top : top + band_rows]
+        bad = (~torch.isfinite(band)).any(dim=0)
+        band_count = int(bad.sum())
+        if band_count:
+            count += band_count
+            nan_count += int(torch.isnan(band).any(dim=0).sum())
+            if first is None:
+                row, column = (int(v) for v in bad.nonzero()[0])
+                first = (top + row, column)
+    return (
+        f"{count} of its {height * width} pixels are NaN or infinite ({nan_count} with a NaN; the first at row "
+        f"{first[0]}, column {first[1]}). A segmentation computed from them would be meaningless: replace them (e.g. "
+        "`np.nan_to_num`) or fix what produced the image. (Float values beyond float32's range count as infinite.)"
     )
+
+
+def _whole_views(
+    batch: torch.Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    scale: float | None,
+    mean: torch.Tensor | None,
+    std: torch.Tensor | None,
+    resolution: tuple[int, int],
+) -> torch.Tensor:
+    """Official non-sliding path: normalise, zero-pad bottom/right, resize to the CLIP resolution.
+
+    `batch` `(B, C, H', W')` arrives already padded with zeros, image `i` in its top-left `image_sizes[i]`:
+    normalising only the images in place leaves the padding at 0 in normalised space, as detectron2's
+    `ImageList.from_tensors` pads after normalising, with the same values as the out-of-place official expressions
+    and no second full-resolution copy. One image padded to its own multiple is inference
+    ([`~CATSegImageProcessor.preprocess`]); several padded to the batch's largest is training
+    ([`~CATSegImageProcessor.preprocess_padded_batch`])."""
+    for pixels, (height, width) in zip(batch, image_sizes):
+        _rescale_and_normalise_(pixels[:, :height, :width], scale, mean, std)
+    return F.interpolate(batch, size=resolution, mode="bilinear", align_corners=False)
+
+
+def _padded_size(sizes: Sequence[tuple[int, int]], size_divisibility: int) -> tuple[int, int]:
+    """The largest height and width of `sizes`, each rounded up to a multiple of `size_divisibility` (> 1)."""
+    height = max(h for h, _ in sizes)
+    width = max(w for _, w in sizes)
+    if size_divisibility > 1:
+        height = math.ceil(height / size_divisibility) * size_divisibility
+        width = math.ceil(width / size_divisibility) * size_divisibility
+    return height, width
 
 
 def _sliding_views(
     pixels: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    scale: float | None,
+    mean: torch.Tensor | None,
+    std: torch.Tensor | None,
     canvas: int,
     tile: int,
     stride: int,
@@ -519,8 +887,7 @@ def _sliding_views(
         for left in range(0, canvas - tile + 1, stride)
     ]
     global_view = F.interpolate(batch, size=(tile, tile), mode="bilinear", align_corners=False)
-    views = torch.cat([torch.stack(tiles), global_view], dim=0)
-    views = (views - mean) / std
+    views = _rescale_and_normalise(torch.cat([torch.stack(tiles), global_view], dim=0), scale, mean, std)
     # A same-size bilinear resize is an exact copy (384 for ViT-B); 336 for ViT-L.
     return F.interpolate(views, size=(clip_resolution, clip_resolution), mode="bilinear", align_corners=False)
 
@@ -628,7 +995,10 @@ def _postprocess_one(
 
             merged = _fold_tiles(view_probabilities, len(class_ids), canvas_h, canvas_w, tile, stride)
             global_probs = F.interpolate(
-                view_probabilities(num_tiles).unsqueeze(0), size=(canvas_h, canvas_w), mode="bilinear", align_corners=False
+                view_probabilities(num_tiles).unsqueeze(0),
+                size=(canvas_h, canvas_w),
+                mode="bilinear",
+                align_corners=False,
             )
             # (tiles summed / overlap count + global) / 2, in this order.
             merged = merged.div_(counts).unsqueeze(0).add_(global_probs).div_(2.0)
@@ -684,4 +1054,11 @@ def _postprocess_one(
     return best_index
 
 
-__all__ = ["CATSegImageProcessor", "CLIP_IMAGE_MEAN", "CLIP_IMAGE_STD", "PROCESSING_MODES"]
+__all__ = [
+    "CATSegImageProcessor",
+    "CATSegImageProcessorKwargs",
+    "CLIP_IMAGE_MEAN",
+    "CLIP_IMAGE_STD",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "PROCESSING_MODES",
+]

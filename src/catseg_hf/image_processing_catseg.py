@@ -258,7 +258,8 @@ class CATSegImageProcessor(BaseImageProcessor):
             pixels = pixels.to(device)
             scale = settings["rescale_factor"] if settings["do_rescale"] else None
             if whole:
-                image_views = _whole_view(pixels, image_size, scale, mean, std, settings["clip_resolution"])[0]
+                resolution = (settings["clip_resolution"], settings["clip_resolution"])
+                image_views = _whole_views(pixels.unsqueeze(0), [image_size], scale, mean, std, resolution)[0]
             else:
                 image_views = _sliding_views(
                     pixels,
@@ -283,6 +284,71 @@ class CATSegImageProcessor(BaseImageProcessor):
         if return_tensors == "np":
             pixel_values = pixel_values.cpu().numpy()
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+    def preprocess_padded_batch(
+        self,
+        images: Any,
+        clip_resolution: int | Sequence[int] | None = None,
+        **kwargs: Unpack[CATSegImageProcessorKwargs],
+    ) -> BatchFeature:
+        r"""
+        Whole-mode views of a batch padded together, as the official training batches are made: every image is
+        normalised, zero-padded bottom/right to the batch's largest height and width (each rounded up to a multiple
+        of `size_divisibility`), and the padded batch is resized to the CLIP resolution. The same maths as
+        `preprocess(..., mode="whole")`, which pads each image only to its own multiple.
+
+        Args:
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+                The images, as for [`~CATSegImageProcessor.preprocess`].
+            clip_resolution (`int` or `tuple[int, int]`, *optional*, defaults to `self.clip_resolution`):
+                Side, or `(height, width)`, of the resized batch.
+            kwargs ([`CATSegImageProcessorKwargs`], *optional*):
+                Per-call overrides of the other settings (`image_mean`, `image_std`, `size_divisibility`, ...);
+                `mode` is always `"whole"`.
+
+        Returns:
+            [`BatchFeature`] with `pixel_values`, float32 `(batch, 3, height, width)` (channels first), and
+            `padded_size`, the `(height, width)` the batch was padded to before resizing (training labels are padded
+            to it).
+        """
+        if clip_resolution is None or isinstance(clip_resolution, (int, np.integer)):
+            if clip_resolution is not None:
+                kwargs["clip_resolution"] = int(clip_resolution)
+            resolution = None
+        else:
+            resolution = tuple(int(v) for v in clip_resolution)
+            if len(resolution) != 2 or min(resolution) <= 0:
+                raise ValueError(f"clip_resolution must be an int or a positive (height, width), got {clip_resolution!r}.")
+        settings = self._resolve_settings({**kwargs, "mode": "whole"}, f"{type(self).__name__}.preprocess_padded_batch()")
+        if resolution is None:
+            resolution = (settings["clip_resolution"], settings["clip_resolution"])
+        image_list = _as_image_list(images)
+        if not image_list:
+            raise ValueError("Cannot make a batch of no images.")
+        device = torch.device(settings["device"]) if settings["device"] is not None else torch.device("cpu")
+        scale = settings["rescale_factor"] if settings["do_rescale"] else None
+        loaded, image_sizes = [], []
+        for index, image in enumerate(image_list):
+            try:
+                pixels, image_size = _load_image(
+                    image, settings["input_data_format"], settings["do_convert_rgb"], settings["max_image_pixels"]
+                )
+                if loaded and pixels.shape[0] != loaded[0].shape[0]:
+                    raise ValueError(f"it has {pixels.shape[0]} channels, image 0 has {loaded[0].shape[0]}.")
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"Image {index} of the batch: {err}") from err
+            loaded.append(pixels)
+            image_sizes.append(image_size)
+        mean, std = _normalisation(settings, loaded[0].shape[0], device)
+        padded_size = _padded_size(image_sizes, settings["size_divisibility"])
+        batch = torch.zeros(len(loaded), loaded[0].shape[0], *padded_size, dtype=torch.float32, device=device)
+        for target, pixels, (height, width) in zip(batch, loaded, image_sizes):
+            target[:, :height, :width] = pixels
+        del loaded
+        pixel_values = _whole_views(batch, image_sizes, scale, mean, std, resolution)
+        if settings["data_format"] == "channels_last":
+            pixel_values = pixel_values.movedim(-3, -1)
+        return BatchFeature(data={"pixel_values": pixel_values, "padded_size": padded_size})
 
     def _resolve_settings(self, kwargs: dict[str, Any], caller: str) -> dict[str, Any]:
         """The settings of one call (or of `__init__`): `kwargs` over this instance's, checked and normalised."""
@@ -714,10 +780,7 @@ def _load_image(
                 raise ValueError(f"An image needs 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA) channels, got {channels}.")
             # Grayscale (+ alpha) keeps its gray channel (replicated below), RGBA drops alpha.
             kept = {1: 1, 2: 1, 3: 3, 4: 3}[channels] if convert_rgb else channels
-            padded_h, padded_w = height, width
-            if size_divisibility > 1:
-                padded_h = math.ceil(height / size_divisibility) * size_divisibility
-                padded_w = math.ceil(width / size_divisibility) * size_divisibility
+            padded_h, padded_w = _padded_size([(height, width)], size_divisibility)
             out_channels = 3 if convert_rgb else channels
             device = band.device if isinstance(band, torch.Tensor) else "cpu"
             make = torch.zeros if (padded_h, padded_w) != (height, width) else torch.empty
@@ -773,24 +836,35 @@ def _non_finite_message(pixels: torch.Tensor) -> str:
     )
 
 
-def _whole_view(
-    pixels: torch.Tensor,
-    image_size: tuple[int, int],
+def _whole_views(
+    batch: torch.Tensor,
+    image_sizes: Sequence[tuple[int, int]],
     scale: float | None,
     mean: torch.Tensor | None,
     std: torch.Tensor | None,
-    clip_resolution: int,
+    resolution: tuple[int, int],
 ) -> torch.Tensor:
-    """Official non-sliding path: normalise, zero-pad bottom/right to a multiple, resize to the CLIP resolution.
+    """Official non-sliding path: normalise, zero-pad bottom/right, resize to the CLIP resolution.
 
-    `pixels` arrives already padded with zeros (see `_load_image`): normalising only the image in place leaves the
-    padding at 0 in normalised space, as detectron2's ImageList pads after normalising, with the same values as the
-    out-of-place official expressions and no second full-resolution copy."""
-    height, width = image_size
-    _rescale_and_normalise_(pixels[:, :height, :width], scale, mean, std)
-    return F.interpolate(
-        pixels.unsqueeze(0), size=(clip_resolution, clip_resolution), mode="bilinear", align_corners=False
-    )
+    `batch` `(B, C, H', W')` arrives already padded with zeros, image `i` in its top-left `image_sizes[i]`:
+    normalising only the images in place leaves the padding at 0 in normalised space, as detectron2's
+    `ImageList.from_tensors` pads after normalising, with the same values as the out-of-place official expressions
+    and no second full-resolution copy. One image padded to its own multiple is inference
+    ([`~CATSegImageProcessor.preprocess`]); several padded to the batch's largest is training
+    ([`~CATSegImageProcessor.preprocess_padded_batch`])."""
+    for pixels, (height, width) in zip(batch, image_sizes):
+        _rescale_and_normalise_(pixels[:, :height, :width], scale, mean, std)
+    return F.interpolate(batch, size=resolution, mode="bilinear", align_corners=False)
+
+
+def _padded_size(sizes: Sequence[tuple[int, int]], size_divisibility: int) -> tuple[int, int]:
+    """The largest height and width of `sizes`, each rounded up to a multiple of `size_divisibility` (> 1)."""
+    height = max(h for h, _ in sizes)
+    width = max(w for _, w in sizes)
+    if size_divisibility > 1:
+        height = math.ceil(height / size_divisibility) * size_divisibility
+        width = math.ceil(width / size_divisibility) * size_divisibility
+    return height, width
 
 
 def _sliding_views(

@@ -1,17 +1,11 @@
-"""Turn transformed examples into CAT-Seg training batches (official pre-processing order).
+"""Turn transformed examples into CAT-Seg training batches: the image processor's whole-mode views, padded together.
 
-Official CAT-Seg (``CATSeg.forward``) prepares the CLIP input of a batch as follows:
-
-1. each image (float, 0-255 scale, ``(3, H, W)``) is normalised with the CLIP mean/std
-   *on the 0-255 scale*;
-2. the normalised images are zero-padded at the bottom/right to the batch's largest size,
-   rounded up to a multiple of ``size_divisibility`` (detectron2 ``ImageList.from_tensors``)
-   -- so padding is 0 *after* normalisation, i.e. the mean colour;
-3. the padded batch is bilinearly resized (``align_corners=False``) to the CLIP resolution,
-   e.g. 384x384, without keeping the aspect ratio.
-
-The training targets stay at the padded resolution (padded with the ignore index); the model
-upsamples its logits to that size for the loss.
+Official CAT-Seg (`CATSeg.forward`) prepares the CLIP input of a training batch by normalising every image (0-255
+scale, CLIP mean/std), zero-padding the batch bottom/right to its largest size rounded up to a multiple of
+`size_divisibility` (detectron2 `ImageList.from_tensors`; so the padding is the mean colour) and bilinearly resizing
+the padded batch to the CLIP resolution. That maths lives in one place,
+[`~catseg_hf.CATSegImageProcessor.preprocess_padded_batch`]; this module adds the labels, padded with the ignore
+index to the same size (the model upsamples its logits to it for the loss), and the tokenised class prompts.
 """
 
 from __future__ import annotations
@@ -20,15 +14,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..image_processing_catseg import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, CATSegImageProcessor
 from .transforms import to_label_array, to_uint8_rgb
 
 __all__ = ["CLIP_PIXEL_MEAN", "CLIP_PIXEL_STD", "CATSegTrainingCollator", "pad_and_resize_images"]
 
-# OpenAI CLIP normalisation constants on the 0-255 scale (CAT-Seg's MODEL.CLIP_PIXEL_MEAN/STD).
-CLIP_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
-CLIP_PIXEL_STD = (68.5005327, 66.6321579, 70.3231630)
+# Old names of the image processor's constants (CAT-Seg's MODEL.CLIP_PIXEL_MEAN/STD), kept for existing imports.
+CLIP_PIXEL_MEAN = tuple(CLIP_IMAGE_MEAN)
+CLIP_PIXEL_STD = tuple(CLIP_IMAGE_STD)
 
 
 def _image_to_chw_float(image: Any) -> torch.Tensor:
@@ -51,44 +45,31 @@ def _label_to_tensor(label: Any) -> torch.Tensor:
     return torch.from_numpy(to_label_array(label).astype(np.int64))
 
 
-def _padded_size(sizes: Sequence[tuple[int, int]], size_divisibility: int) -> tuple[int, int]:
-    max_h = max(h for h, _ in sizes)
-    max_w = max(w for _, w in sizes)
-    if size_divisibility > 1:
-        # Round up to a multiple, as detectron2's ImageList.from_tensors does.
-        max_h = (max_h + size_divisibility - 1) // size_divisibility * size_divisibility
-        max_w = (max_w + size_divisibility - 1) // size_divisibility * size_divisibility
-    return max_h, max_w
-
-
 def pad_and_resize_images(
     images: Sequence[torch.Tensor],
     image_mean: Sequence[float] = CLIP_PIXEL_MEAN,
     image_std: Sequence[float] = CLIP_PIXEL_STD,
-    clip_resolution: int | Sequence[int] = 384,
+    clip_resolution: int | Sequence[int] | None = None,
     size_divisibility: int = 32,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Normalise, zero-pad and resize a list of float ``(3, H, W)`` 0-255 images (official order).
+    """Normalise, zero-pad and resize a list of float `(3, H, W)` 0-255 images (official order).
+
+    A shortcut for [`~catseg_hf.CATSegImageProcessor.preprocess_padded_batch`] with these settings
+    (`clip_resolution` defaults to the image processor's, 384).
 
     Returns:
-        ``(pixel_values, padded_size)``: float32 ``(B, 3, R_h, R_w)`` and the ``(H, W)`` the
-        batch was padded to before resizing.
+        `(pixel_values, padded_size)`: float32 `(B, 3, R_h, R_w)` and the `(H, W)` the batch was padded to before
+        resizing.
     """
     if len(images) == 0:
         raise ValueError("Cannot collate an empty batch.")
-    mean = torch.tensor(image_mean, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(image_std, dtype=torch.float32).view(-1, 1, 1)
-    padded_h, padded_w = _padded_size([tuple(img.shape[-2:]) for img in images], size_divisibility)
-    batch = torch.zeros((len(images), 3, padded_h, padded_w), dtype=torch.float32)
-    for i, img in enumerate(images):
-        h, w = img.shape[-2:]
-        batch[i, :, :h, :w] = (img - mean) / std
-    if isinstance(clip_resolution, int):
-        resolution = (clip_resolution, clip_resolution)
-    else:
-        resolution = tuple(int(v) for v in clip_resolution)
-    pixel_values = F.interpolate(batch, size=resolution, mode="bilinear", align_corners=False)
-    return pixel_values, (padded_h, padded_w)
+    processor = CATSegImageProcessor(
+        image_mean=list(image_mean), image_std=list(image_std), size_divisibility=size_divisibility
+    )
+    batch = processor.preprocess_padded_batch(
+        list(images), clip_resolution=clip_resolution, input_data_format="channels_first"
+    )
+    return batch["pixel_values"], batch["padded_size"]
 
 
 class CATSegTrainingCollator:
@@ -98,11 +79,14 @@ class CATSegTrainingCollator:
         class_token_inputs: tokenised class prompts produced once by the processor, e.g.
             ``{"input_ids": LongTensor (T, P, 77), "attention_mask": LongTensor (T, P, 77)}``;
             every batch gets these tensors unchanged. ``None`` adds no text inputs.
-        image_mean, image_std: normalisation on the 0-255 scale (CLIP's, by default).
-        clip_resolution: size the padded batch is resized to (int or ``(height, width)``).
-        size_divisibility: the padded size is rounded up to a multiple of this (the model's
-            ``MASK_FORMER.SIZE_DIVISIBILITY``, 32 in CAT-Seg).
+        image_processor: the [`~catseg_hf.CATSegImageProcessor`] whose whole-mode preprocessing makes the
+            batch (normalisation, `size_divisibility`, `clip_resolution`); default: one with CAT-Seg's defaults.
+            Use the processor the model is saved with (`processor.image_processor`).
+        clip_resolution: size the padded batch is resized to (int or ``(height, width)``); default: the image
+            processor's.
         ignore_index: label value for padded pixels.
+        image_processor_kwargs: per-batch overrides of the image processor's settings, e.g. `image_mean`,
+            `image_std`, `size_divisibility`.
 
     Each example needs ``image`` (PIL, uint8 ``(H, W, 3)`` numpy, or a ``(3, H, W)`` tensor on
     the 0-255 scale) and ``label`` (``(H, W)`` class ids). Returns a dict with ``pixel_values``
@@ -115,16 +99,21 @@ class CATSegTrainingCollator:
     def __init__(
         self,
         class_token_inputs: Mapping[str, torch.Tensor] | None = None,
-        image_mean: Sequence[float] = CLIP_PIXEL_MEAN,
-        image_std: Sequence[float] = CLIP_PIXEL_STD,
-        clip_resolution: int | Sequence[int] = 384,
-        size_divisibility: int = 32,
+        image_processor: CATSegImageProcessor | None = None,
+        *,
+        clip_resolution: int | Sequence[int] | None = None,
         ignore_index: int = 255,
+        **image_processor_kwargs: Any,
     ):
-        if len(image_mean) != 3 or len(image_std) != 3:
-            raise ValueError("image_mean and image_std need one value per RGB channel (3 values each).")
-        if any(s <= 0 for s in image_std):
-            raise ValueError(f"image_std values must be positive, got {tuple(image_std)}.")
+        if image_processor is not None and not isinstance(image_processor, CATSegImageProcessor):
+            raise TypeError(
+                f"image_processor must be a CATSegImageProcessor (processor.image_processor), got "
+                f"{type(image_processor).__name__}."
+            )
+        self.image_processor = image_processor if image_processor is not None else CATSegImageProcessor()
+        # Checked now (a bad mean or std is a setup error, not one of the first batch).
+        self.image_processor._resolve_settings(dict(image_processor_kwargs), f"{type(self).__name__}()")
+        self.image_processor_kwargs = dict(image_processor_kwargs)
         self.class_token_inputs: dict[str, torch.Tensor] = {}
         if class_token_inputs is not None:
             if not hasattr(class_token_inputs, "items"):
@@ -146,10 +135,7 @@ class CATSegTrainingCollator:
         for key in ("pixel_values", "labels"):
             if key in self.class_token_inputs:
                 raise ValueError(f"class_token_inputs must not contain {key!r}; the collator produces it.")
-        self.image_mean = tuple(float(v) for v in image_mean)
-        self.image_std = tuple(float(v) for v in image_std)
         self.clip_resolution = clip_resolution
-        self.size_divisibility = int(size_divisibility)
         self.ignore_index = int(ignore_index)
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
@@ -173,9 +159,10 @@ class CATSegTrainingCollator:
             images.append(image)
             labels.append(label)
 
-        pixel_values, (padded_h, padded_w) = pad_and_resize_images(
-            images, self.image_mean, self.image_std, self.clip_resolution, self.size_divisibility
+        views = self.image_processor.preprocess_padded_batch(
+            images, clip_resolution=self.clip_resolution, input_data_format="channels_first", **self.image_processor_kwargs
         )
+        pixel_values, (padded_h, padded_w) = views["pixel_values"], views["padded_size"]
         label_batch = torch.full((len(labels), padded_h, padded_w), self.ignore_index, dtype=torch.int64)
         for i, label in enumerate(labels):
             h, w = label.shape
@@ -206,6 +193,6 @@ class CATSegTrainingCollator:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(class_token_keys={sorted(self.class_token_inputs)}, "
-            f"clip_resolution={self.clip_resolution!r}, size_divisibility={self.size_divisibility}, "
-            f"ignore_index={self.ignore_index})"
+            f"image_processor={type(self.image_processor).__name__}, clip_resolution={self.clip_resolution!r}, "
+            f"overrides={self.image_processor_kwargs!r}, ignore_index={self.ignore_index})"
         )

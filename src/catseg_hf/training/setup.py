@@ -347,12 +347,16 @@ def build_trainer(
     augmentation-epoch callback."""
     class_inputs = processor.encode_class_names(class_names)
     _align_special_tokens(model, processor)
+    image_processor = processor.image_processor
+    if image_processor.clip_resolution != model.config.clip_resolution:
+        raise ValueError(
+            f"The processor makes {image_processor.clip_resolution} px views but the model was built for "
+            f"{model.config.clip_resolution} px (config.clip_resolution); use the processor saved with the model."
+        )
+    # Training batches are the processor's whole-mode views (its normalisation and padding), padded together.
     collator = CATSegTrainingCollator(
         {"input_ids": class_inputs["input_ids"], "attention_mask": class_inputs["attention_mask"]},
-        image_mean=model.config.image_mean,
-        image_std=model.config.image_std,
-        clip_resolution=model.config.clip_resolution,
-        size_divisibility=model.config.size_divisibility,
+        image_processor,
         ignore_index=ignore_index,
     )
     all_callbacks = list(callbacks or [])
