@@ -391,3 +391,46 @@ def test_saved_folder_loads_as_remote_code_without_catseg_hf(processor, tmp_path
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
     )
     assert result.returncode == 0 and "remote-ok" in result.stdout, result.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------ preprocessing: the processor's, not the config's
+def test_config_holds_no_preprocessing_and_old_folders_still_load(tmp_path, bpe_path) -> None:
+    """New configs carry only the number of templates; a config.json written when the config held preprocessing
+    (the shipped example folder is one) loads, keeps those keys, and `from_model_config` turns them into the
+    processor's settings: the one place that reads them."""
+    from catseg_hf import CATSegConfig
+    from catseg_hf.configuration_catseg import LEGACY_PREPROCESSING_KEYS
+    from catseg_hf.testing_utils import tiny_catseg_config
+
+    fresh = tiny_catseg_config().to_dict()
+    assert fresh["num_prompt_templates"] == 1 and not set(LEGACY_PREPROCESSING_KEYS) & set(fresh)
+
+    old = tiny_catseg_config().to_dict()
+    del old["num_prompt_templates"]
+    old.update(
+        image_mean=[120.0, 110.0, 100.0], image_std=[60.0, 61.0, 62.0], size_divisibility=8,
+        prompt_templates=["a photo of a {}.", "{}"],
+    )
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config = CATSegConfig.from_pretrained(tmp_path)
+    assert config.num_prompt_templates == 2  # the cost embedding's input channels, from the legacy list
+    processor = CATSegProcessor.from_model_config(config, bpe_path=bpe_path)
+    assert processor.prompt_templates == ["a photo of a {}.", "{}"]
+    settings = processor.image_processor
+    assert (settings.image_mean, settings.image_std, settings.size_divisibility) == ([120.0, 110.0, 100.0], [60.0, 61.0, 62.0], 8)
+    assert settings.clip_resolution == config.clip_resolution
+    # Re-saving keeps the legacy keys, so the folder stays what it was.
+    config.save_pretrained(tmp_path / "resaved")
+    resaved = json.loads((tmp_path / "resaved" / "config.json").read_text())
+    assert resaved["prompt_templates"] == ["a photo of a {}.", "{}"] and resaved["size_divisibility"] == 8
+
+    with pytest.raises(ValueError, match="num_prompt_templates=3 but the legacy prompt_templates list has 2"):
+        CATSegConfig(num_prompt_templates=3, prompt_templates=["a {}", "{}"])
+    # A fresh config with two templates needs the templates from the caller.
+    two = tiny_catseg_config(num_prompt_templates=2)
+    with pytest.raises(ValueError, match="takes 2 prompt template"):
+        CATSegProcessor.from_model_config(two, bpe_path=bpe_path)
+    assert CATSegProcessor.from_model_config(two, bpe_path=bpe_path, prompt_templates=["a {}", "{}"]).prompt_templates == ["a {}", "{}"]
+
+    shipped = CATSegConfig.from_pretrained(Path(__file__).resolve().parents[1] / "examples" / "tiny-shapes-catseg")
+    assert shipped.num_prompt_templates == len(shipped.prompt_templates) == 1

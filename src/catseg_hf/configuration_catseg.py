@@ -1,4 +1,11 @@
-"""CAT-Seg model configuration."""
+"""CAT-Seg model configuration: the architecture (what the weights need) and the released geometries (`PRESETS`).
+
+Preprocessing (normalisation, padding) and the prompt templates belong to the processor
+([`~catseg_hf.CATSegProcessor`]); only their number, which sets the cost embedding's input channels, is here.
+
+This file must only import torch, numpy, PIL, transformers and (relatively) our own processing files: it is copied
+into saved model folders so that they load with `trust_remote_code=True` where `catseg_hf` is not installed.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,17 @@ from typing import Any
 
 from transformers import CLIPConfig, PretrainedConfig
 
-DEFAULT_PROMPT_TEMPLATES = ["A photo of a {} in the scene"]
-
 CLIP_FINETUNE_MODES = ("attention", "frozen", "full")
+# Preprocessing settings that configs written before the processor owned them carry. They are accepted and kept as
+# attributes (so such folders load and re-save unchanged); only `CATSegProcessor.from_model_config` reads them.
+LEGACY_PREPROCESSING_KEYS = ("image_mean", "image_std", "size_divisibility", "prompt_templates")
+
+# The geometry of the released models (with `_clip_config_for`): the config's defaults are the base one, and
+# everything else that needs 384/336 or the guidance taps reads it here.
+PRESETS: dict[str, dict[str, Any]] = {
+    "base": dict(clip_resolution=384, guidance_layer_indices=[3, 7]),
+    "large": dict(clip_resolution=336, guidance_layer_indices=[7, 15]),
+}
 
 
 class CATSegConfig(PretrainedConfig):
@@ -58,17 +73,14 @@ class CATSegConfig(PretrainedConfig):
             The same pooling in evaluation mode (the official evaluation uses no pooling).
         linear_attention_eps (`float`, *optional*, defaults to 1e-6):
             Epsilon in the normaliser of the linear attention.
-        prompt_templates (`list[str]`, *optional*):
-            Templates every class name is formatted into (`"{}"` is the name). The released models use one.
+        num_prompt_templates (`int`, *optional*, defaults to 1):
+            Prompt templates per class name: the input channels of the cost embedding. The templates themselves are
+            the processor's. Derived from a legacy `prompt_templates` list when only that is given.
         clip_finetune (`str`, *optional*, defaults to `"attention"`):
             Which CLIP parameters train: `"attention"` (query and value projection weights of every attention block of
             both towers, the released setting), `"frozen"` (none) or `"full"` (all).
         ignore_index (`int`, *optional*, defaults to 255):
             Label id of ignored pixels (they still count in the loss, with an all-zero target, as in the reference).
-        image_mean, image_std (`list[float]`, *optional*):
-            CLIP normalisation on the 0-255 scale.
-        size_divisibility (`int`, *optional*, defaults to 32):
-            Whole-image inputs are zero-padded to a multiple of this before being resized to `clip_resolution`.
         class_chunk_size (`int`, *optional*, defaults to 64):
             The per-class parts of the aggregator (spatial aggregation, decoder) run over at most this many classes
             at a time, and views are aggregated one at a time, which bounds memory; results do not depend on it.
@@ -80,6 +92,10 @@ class CATSegConfig(PretrainedConfig):
             `input_ids` nor `class_embeddings` (e.g. by transformers' `image-segmentation` pipeline).
         default_class_attention_mask (`list`, *optional*):
             The attention mask of `default_class_input_ids`.
+
+    Configs saved before the processor owned preprocessing also hold `image_mean`, `image_std`,
+    `size_divisibility` and `prompt_templates`: they still load, are kept as attributes (see
+    `LEGACY_PREPROCESSING_KEYS`), and are read only by [`~catseg_hf.CATSegProcessor.from_model_config`].
     """
 
     model_type = "catseg"
@@ -90,7 +106,7 @@ class CATSegConfig(PretrainedConfig):
     def __init__(
         self,
         clip_config: dict | CLIPConfig | None = None,
-        clip_resolution: int = 384,
+        clip_resolution: int = PRESETS["base"]["clip_resolution"],
         guidance_layer_indices: list[int] | None = None,
         decoder_guidance_dims: list[int] | None = None,
         decoder_guidance_proj_dims: list[int] | None = None,
@@ -107,12 +123,9 @@ class CATSegConfig(PretrainedConfig):
         training_pooling_size: list[int] | tuple[int, int] = (2, 2),
         inference_pooling_size: list[int] | tuple[int, int] = (1, 1),
         linear_attention_eps: float = 1e-6,
-        prompt_templates: list[str] | None = None,
+        num_prompt_templates: int | None = None,
         clip_finetune: str = "attention",
         ignore_index: int = 255,
-        image_mean: list[float] | None = None,
-        image_std: list[float] | None = None,
-        size_divisibility: int = 32,
         class_chunk_size: int = 64,
         text_batch_size: int = 256,
         default_class_input_ids: list | None = None,
@@ -127,7 +140,9 @@ class CATSegConfig(PretrainedConfig):
         self.clip_config = clip_config
 
         self.clip_resolution = int(clip_resolution)
-        self.guidance_layer_indices = list(guidance_layer_indices if guidance_layer_indices is not None else [3, 7])
+        if guidance_layer_indices is None:
+            guidance_layer_indices = PRESETS["base"]["guidance_layer_indices"]
+        self.guidance_layer_indices = list(guidance_layer_indices)
         self.decoder_guidance_dims = list(decoder_guidance_dims if decoder_guidance_dims is not None else [256, 128])
         self.decoder_guidance_proj_dims = list(
             decoder_guidance_proj_dims if decoder_guidance_proj_dims is not None else [32, 16]
@@ -145,12 +160,23 @@ class CATSegConfig(PretrainedConfig):
         self.training_pooling_size = list(training_pooling_size)
         self.inference_pooling_size = list(inference_pooling_size)
         self.linear_attention_eps = linear_attention_eps
-        self.prompt_templates = list(prompt_templates if prompt_templates is not None else DEFAULT_PROMPT_TEMPLATES)
+        for key in LEGACY_PREPROCESSING_KEYS:
+            if key in kwargs and kwargs[key] is None:
+                del kwargs[key]
+        legacy_templates = kwargs.get("prompt_templates")
+        if legacy_templates is not None:
+            _check_legacy_templates(legacy_templates)
+            kwargs["prompt_templates"] = list(legacy_templates)
+            if num_prompt_templates is None:
+                num_prompt_templates = len(legacy_templates)
+            elif num_prompt_templates != len(legacy_templates):
+                raise ValueError(
+                    f"num_prompt_templates={num_prompt_templates} but the legacy prompt_templates list has "
+                    f"{len(legacy_templates)} entries; give one of them, or matching values."
+                )
+        self.num_prompt_templates = 1 if num_prompt_templates is None else num_prompt_templates
         self.clip_finetune = clip_finetune
         self.ignore_index = ignore_index
-        self.image_mean = list(image_mean if image_mean is not None else [122.7709383, 116.7460125, 104.09373615])
-        self.image_std = list(image_std if image_std is not None else [68.5005327, 66.6321579, 70.3231630])
-        self.size_divisibility = size_divisibility
         self.class_chunk_size = class_chunk_size
         self.text_batch_size = text_batch_size
         self.default_class_input_ids = default_class_input_ids
@@ -188,10 +214,6 @@ class CATSegConfig(PretrainedConfig):
         factor = 2 ** len(self.decoder_dims)
         return (h * factor, w * factor)
 
-    @property
-    def num_prompt_templates(self) -> int:
-        return len(self.prompt_templates)
-
     def validate(self) -> None:
         """Checks the combinations the model cannot run with, with messages saying what to change."""
         if self.clip_finetune not in CLIP_FINETUNE_MODES:
@@ -214,8 +236,10 @@ class CATSegConfig(PretrainedConfig):
                 f"(two decoder stages), got {self.decoder_dims}, {self.decoder_guidance_dims}, "
                 f"{self.decoder_guidance_proj_dims}."
             )
-        if not self.prompt_templates or any("{}" not in t for t in self.prompt_templates):
-            raise ValueError(f"prompt_templates must be a non-empty list of strings with a '{{}}', got {self.prompt_templates}.")
+        if isinstance(self.num_prompt_templates, bool) or not isinstance(self.num_prompt_templates, int) or (
+            self.num_prompt_templates < 1
+        ):
+            raise ValueError(f"num_prompt_templates must be a positive int, got {self.num_prompt_templates!r}.")
         if self.clip_resolution % self.clip_config.vision_config.patch_size:
             raise ValueError(
                 f"clip_resolution {self.clip_resolution} is not a multiple of the CLIP patch size "
@@ -249,6 +273,11 @@ class CATSegConfig(PretrainedConfig):
         return cls(**values)
 
 
+def _check_legacy_templates(templates: Any) -> None:
+    if isinstance(templates, str) or not templates or any(not isinstance(t, str) or "{}" not in t for t in templates):
+        raise ValueError(f"prompt_templates must be a non-empty list of strings with a '{{}}', got {templates!r}.")
+
+
 def _clip_config_for(variant: str) -> CLIPConfig:
     """CLIP configs of the two OpenAI backbones of the released models (heads = width // 64, QuickGELU)."""
     if variant == "base":
@@ -275,9 +304,5 @@ def _clip_config_for(variant: str) -> CLIPConfig:
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "base": dict(clip_resolution=384, guidance_layer_indices=[3, 7]),
-    "large": dict(clip_resolution=336, guidance_layer_indices=[7, 15]),
-}
 
-__all__ = ["CATSegConfig", "DEFAULT_PROMPT_TEMPLATES", "CLIP_FINETUNE_MODES"]
+__all__ = ["CATSegConfig", "CLIP_FINETUNE_MODES", "LEGACY_PREPROCESSING_KEYS", "PRESETS"]

@@ -112,11 +112,23 @@ class CATSegProcessor(ProcessorMixin):
 
     @classmethod
     def from_model_config(
-        cls, config: Any, bpe_path: Any = None, tokenizer: Any = None, **image_processor_kwargs: Any
+        cls,
+        config: Any,
+        bpe_path: Any = None,
+        tokenizer: Any = None,
+        prompt_templates: str | list[str] | None = None,
+        **image_processor_kwargs: Any,
     ) -> "CATSegProcessor":
-        """A processor matching a `CATSegConfig` (CLIP resolution, normalisation, padding, prompt templates), with the
-        given CLIP `tokenizer`, or one built offline from a BPE merges file `bpe_path` (e.g.
-        `bpe_simple_vocab_16e6.txt.gz`)."""
+        """A processor for a `CATSegConfig`, with the given CLIP `tokenizer` or one built offline from a BPE merges
+        file `bpe_path` (e.g. `bpe_simple_vocab_16e6.txt.gz`).
+
+        This is the one place that reads preprocessing out of a model config: configs written before the processor
+        owned it (old folders, converted official checkpoints) carry `image_mean`, `image_std`, `size_divisibility`
+        and `prompt_templates`, which are used here when present; otherwise CLIP's normalisation, padding to a
+        multiple of 32 and [`DEFAULT_PROMPT_TEMPLATES`]. The CLIP resolution is the model's. `prompt_templates` and
+        `image_processor_kwargs` override what the config says; the templates must number
+        `config.num_prompt_templates`.
+        """
         if tokenizer is None:
             if bpe_path is None:
                 raise ValueError("from_model_config needs a CLIP `tokenizer` or the `bpe_path` of a BPE merges file.")
@@ -128,14 +140,22 @@ class CATSegProcessor(ProcessorMixin):
             tokenizer = build_clip_tokenizer(
                 bpe_path, model_max_length=config.clip_config.text_config.max_position_embeddings
             )
-        image_processor = CATSegImageProcessor(
-            clip_resolution=config.clip_resolution,
-            image_mean=list(config.image_mean),
-            image_std=list(config.image_std),
-            size_divisibility=config.size_divisibility,
-            **image_processor_kwargs,
-        )
-        return cls(image_processor, tokenizer, prompt_templates=list(config.prompt_templates))
+        settings = {"clip_resolution": config.clip_resolution}
+        for key in ("image_mean", "image_std", "size_divisibility"):
+            value = getattr(config, key, None)
+            if value is not None:
+                settings[key] = list(value) if isinstance(value, (list, tuple)) else value
+        settings.update(image_processor_kwargs)
+        if prompt_templates is None:
+            prompt_templates = getattr(config, "prompt_templates", None) or DEFAULT_PROMPT_TEMPLATES
+        templates = _check_templates(prompt_templates)
+        expected = getattr(config, "num_prompt_templates", len(templates))
+        if len(templates) != expected:
+            raise ValueError(
+                f"The model takes {expected} prompt template(s) per class but {len(templates)} were given "
+                f"({templates}); pass prompt_templates=[...] with {expected} template(s)."
+            )
+        return cls(CATSegImageProcessor(**settings), tokenizer, prompt_templates=list(templates))
 
     def save_pretrained(self, save_directory: Any, push_to_hub: bool = False, **kwargs: Any) -> Any:
         # Saving writes `auto_map` into processor_config.json by setting it on the processor itself; a processor
