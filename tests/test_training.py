@@ -245,6 +245,20 @@ def test_streaming_metric_matches_direct_computation(trained):
     assert "eval_loss" in metrics
 
 
+def test_metric_label_maps_are_the_processors_post_processing():
+    """Training metrics read label maps with the image processor's whole-mode post-processing (sigmoid, resize of
+    the probabilities, arg-max), the maths of the released numbers, not an arg-max of resized logits."""
+    from catseg_hf import CATSegImageProcessor
+
+    logits = torch.randn(2, 5, 8, 8, generator=torch.Generator().manual_seed(0)) * 4
+    labels = torch.zeros(2, 21, 13, dtype=torch.long)
+    maps = logits_to_label_maps((logits,), labels)
+    expected = CATSegImageProcessor().post_process_semantic_segmentation(logits, target_sizes=[(21, 13)] * 2)
+    assert maps.dtype == torch.int64 and torch.equal(maps, torch.stack(expected))
+    assert torch.equal(logits_to_label_maps(maps), maps)  # label maps pass through
+    assert logits_to_label_maps(logits).shape == (2, 8, 8)
+
+
 # ----------------------------------------------------------------------------------------------------- exact resume
 def test_resume_from_checkpoint_continues_exactly(processor, tmp_path):
     # 12 images in batches of 4: 3 steps per epoch, so the resumed part crosses an epoch boundary. Random crops,

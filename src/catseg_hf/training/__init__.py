@@ -6,7 +6,7 @@
   :func:`logits_to_label_maps` (`preprocess_logits_for_metrics`);
 * :mod:`.data` -- per-example seeded augmentation, so that a resumed run continues exactly;
 * :mod:`.arguments` -- the `HfArgumentParser` dataclasses and the recipe-file parser of `scripts/train.py`;
-* :mod:`.pipeline` -- model / processor / datasets / trainer from those arguments, and :func:`run_training`.
+* :mod:`.setup` -- model / processor / datasets / trainer from those arguments, and :func:`run_training`.
 """
 
 from .arguments import (
@@ -26,7 +26,7 @@ from .optim import (
     classify_parameters,
     get_parameter_groups,
 )
-from .pipeline import (
+from .setup import (
     build_model,
     build_processor,
     build_trainer,

@@ -19,21 +19,26 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..evaluation import StreamingMeanIoU
+from ..image_processing_catseg import CATSegImageProcessor
 
 __all__ = ["SegmentationMetrics", "logits_to_label_maps", "preprocess_logits_for_metrics"]
 
 
 def logits_to_label_maps(logits: Any, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-pixel arg-max class ids at the label resolution.
+    """Per-pixel class ids at the label resolution, by the image processor's whole-mode post-processing.
+
+    The same maths as [`~catseg_hf.CATSegImageProcessor.post_process_semantic_segmentation`] (it is called):
+    sigmoid, bilinear resize (`align_corners=False`) of the probabilities to the label size, arg-max over classes.
+    (The arg-max of resized probabilities can differ from that of resized logits, so training metrics use the
+    post-processing the released numbers use.)
 
     Args:
         logits: `(B, T, h, w)` CAT-Seg logits (or a tuple/list whose first entry they are, as `Trainer` passes the
             model outputs). Integer `(B, H, W)` label maps are returned unchanged, so applying this twice is harmless.
-        labels: `(B, H, W)` labels; the logits are resized bilinearly (`align_corners=False`) to `(H, W)` before the
-            arg-max. Without labels the maps stay at the logits' resolution.
+        labels: `(B, H, W)` labels, whose size the maps are made at. Without labels the maps stay at the logits'
+            resolution.
 
     Returns:
         `torch.LongTensor` of shape `(B, H, W)`.
@@ -51,14 +56,12 @@ def logits_to_label_maps(logits: Any, labels: torch.Tensor | None = None) -> tor
     if logits.dim() != 4:
         raise ValueError(f"logits must be (batch, classes, height, width), got shape {tuple(logits.shape)}.")
     size = tuple(labels.shape[-2:]) if labels is not None else tuple(logits.shape[-2:])
-    maps = []
-    # One image at a time: the resized logits of a whole batch (classes x label pixels) can be large.
-    for image_logits in logits:
-        image_logits = image_logits.unsqueeze(0).float()
-        if tuple(image_logits.shape[-2:]) != size:
-            image_logits = F.interpolate(image_logits, size=size, mode="bilinear", align_corners=False)
-        maps.append(image_logits.argmax(dim=1))
-    return torch.cat(maps).long()
+    maps = _POST_PROCESSOR.post_process_semantic_segmentation(logits, target_sizes=[size] * logits.shape[0])
+    return torch.stack(maps).long()
+
+
+# Whole-mode post-processing needs no settings of the processor (4-D logits are whole mode).
+_POST_PROCESSOR = CATSegImageProcessor()
 
 
 # The name `Trainer` uses for this hook.
