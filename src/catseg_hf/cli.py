@@ -39,6 +39,8 @@ from tqdm.auto import tqdm
 from catseg_hf_cli import PROG, build_parser, main, model_reference_problem
 
 from .inference import load_image, predict_logits, prepare_images, to_label_maps
+from .inference import resolve_device as inference_device
+from .messages import one_line as _one_line
 from .pipelines import default_vocabulary
 from .visualization import class_fractions, draw_overlay, label_map_image, palette
 from .vocabulary import Vocabulary
@@ -259,7 +261,7 @@ def _segment_one(
     except (TypeError, ValueError) as error:
         raise ImageError(f"cannot process the image ({_one_line(error)})") from error
     try:
-        logits = predict_logits(model, pixel_values, vocabulary)
+        logits = predict_logits(model, pixel_values, vocabulary.class_embeddings)
         label_map = to_label_maps(processor, logits, sizes)[0].cpu().numpy()
     except torch.OutOfMemoryError as error:
         raise ImageError(
@@ -374,17 +376,11 @@ def _offline_note() -> str:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` (cuda when available, else cpu), `cpu` or `cuda` as a torch device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CommandError("--device cuda: no CUDA device is available; use --device cpu (or auto).")
-    return torch.device(name)
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
+    """`auto` (cuda when available, else cpu), `cpu` or `cuda` as a torch device (see `catseg_hf.inference`)."""
+    try:
+        return inference_device(name)
+    except ValueError as error:
+        raise CommandError(f"--device {_one_line(error)}") from error
 
 
 def _report(message: str) -> None:

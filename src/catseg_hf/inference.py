@@ -71,6 +71,23 @@ def image_size(image: Image.Image | np.ndarray | torch.Tensor) -> tuple[int, int
     return (shape[1], shape[2]) if channels_first else (shape[0], shape[1])
 
 
+def resolve_device(name: str | torch.device) -> torch.device:
+    """Where to run: `"auto"` (cuda when available, else cpu), `"cpu"`, `"cuda"` or a `torch.device`.
+
+    Raises:
+        ValueError: for another name, or `"cuda"` without a CUDA device.
+    """
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("cuda: no CUDA device is available; use cpu (or auto)")
+    return torch.device(name)
+
+
 def prepare_images(processor: Any, images: Sequence[Any], mode: str | None = None) -> tuple[torch.Tensor, list]:
     """The processor's `pixel_values` for `images` (one row per image: `(N, 3, R, R)` whole, `(N, V, 3, R, R)`
     sliding) and the `(height, width)` of every image."""
@@ -79,10 +96,9 @@ def prepare_images(processor: Any, images: Sequence[Any], mode: str | None = Non
     return pixel_values, [image_size(image) for image in images]
 
 
-def predict_logits(model: Any, pixel_values: torch.Tensor, vocabulary: Vocabulary | None) -> torch.Tensor:
-    """The model's logits for prepared views, without gradients, on the model's device and dtype; `vocabulary=None`
-    uses the model's default vocabulary."""
-    class_embeddings = None if vocabulary is None else vocabulary.class_embeddings
+def predict_logits(model: Any, pixel_values: torch.Tensor, class_embeddings: torch.Tensor | None) -> torch.Tensor:
+    """The model's logits for prepared views, without gradients, on the model's device and dtype, with the class
+    embeddings of a [`~catseg_hf.vocabulary.Vocabulary`] (`None`: the model's default vocabulary)."""
     with torch.inference_mode():
         outputs = model(pixel_values=pixel_values.to(model.device, model.dtype), class_embeddings=class_embeddings)
     return outputs.logits
@@ -127,8 +143,8 @@ def segment(
         images = [images]
     loaded = [load_image(image) for image in images]
     pixel_values, sizes = prepare_images(processor, loaded, mode)
-    logits = predict_logits(model, pixel_values, vocabulary)
+    logits = predict_logits(model, pixel_values, None if vocabulary is None else vocabulary.class_embeddings)
     return to_label_maps(processor, logits, sizes, target_sizes)
 
 
-__all__ = ["image_size", "load_image", "predict_logits", "prepare_images", "segment", "to_label_maps"]
+__all__ = ["image_size", "load_image", "predict_logits", "prepare_images", "resolve_device", "segment", "to_label_maps"]

@@ -185,7 +185,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         candidate_labels: Sequence[str] | str | None = None,
         prompt_templates: Sequence[str] | str | None = None,
     ) -> dict[str, Any]:
-        vocabulary = None  # the model's default vocabulary
+        class_embeddings = None  # the model's default vocabulary
         if candidate_labels is None:
             if prompt_templates is not None:
                 raise ValueError(
@@ -195,7 +195,8 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             self._default_labels()  # says what to do when the model has no default vocabulary
         else:
             vocabulary = self.vocabularies.get(self.model, self.processor, candidate_labels, prompt_templates)
-        logits = predict_logits(self.model, model_inputs["pixel_values"], vocabulary)
+            class_embeddings = vocabulary.class_embeddings
+        logits = predict_logits(self.model, model_inputs["pixel_values"], class_embeddings)
         return {"logits": logits, "image_size": model_inputs["image_size"]}
 
     def postprocess(

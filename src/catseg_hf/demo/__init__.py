@@ -42,6 +42,7 @@ from PIL import Image
 
 from ..evaluation.benchmarks import load_class_names
 from ..inference import load_image, predict_logits, prepare_images, to_label_maps
+from ..messages import one_line as _one_line
 from ..pipelines import default_vocabulary
 from ..visualization import class_fractions, colour_hex, display_image, draw_overlay, label_map_image, palette
 from ..vocabulary import VocabularyCache
@@ -263,7 +264,7 @@ class SegmentationDemo:
 
             step(0.4, desc=f"Segmenting ({mode})")
             try:
-                logits = predict_logits(self.model, pixel_values, vocabulary)
+                logits = predict_logits(self.model, pixel_values, vocabulary.class_embeddings)
                 label_map = to_label_maps(self.processor, logits, sizes)[0]
             except torch.OutOfMemoryError as error:
                 raise DemoInputError(
@@ -537,11 +538,6 @@ def launch(page: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, **
 def _safe_stem(stem: str) -> str:
     # Download names: keep letters, digits, dot, dash and underscore.
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
 
 
 __all__ = [

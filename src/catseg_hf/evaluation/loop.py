@@ -58,13 +58,10 @@ def predict_label_maps(
     Returns:
         One int64 `(height, width)` label map per image, on the model's device.
     """
-    import torch
+    from ..inference import predict_logits, to_label_maps
 
-    with torch.no_grad():
-        outputs = model(pixel_values=pixel_values.to(device=model.device, dtype=model.dtype), class_embeddings=class_embeddings)
-        return processor.post_process_semantic_segmentation(
-            outputs, target_sizes=[tuple(s) for s in target_sizes], image_sizes=[tuple(s) for s in image_sizes]
-        )
+    logits = predict_logits(model, pixel_values, class_embeddings)
+    return to_label_maps(processor, logits, image_sizes, target_sizes)
 
 
 def check_annotation_ids(label: np.ndarray, benchmark: str | Benchmark, index: Any = None) -> None:

@@ -119,14 +119,15 @@ class EvaluationOptions:
 
 
 def _make_accelerator(device: str):
-    import torch
     from accelerate import Accelerator
 
-    if device not in ("auto", "cpu", "cuda"):
-        raise EvaluationSetupError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise EvaluationSetupError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
-    return Accelerator(cpu=(device == "cpu"))
+    from ..inference import resolve_device
+
+    try:
+        resolved = resolve_device(device)
+    except ValueError as error:
+        raise EvaluationSetupError(f"--device {_one_line(error)}") from None
+    return Accelerator(cpu=(resolved.type == "cpu"))
 
 
 def _load_model_and_processor(path: str, dtype: str, device: Any):

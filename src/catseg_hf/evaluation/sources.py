@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..messages import one_line as _one_line
 from .benchmarks import PAPER_BENCHMARKS, Benchmark, get_benchmark
 
 HUB_SOURCE_KEYWORD = "hub"
@@ -23,11 +24,6 @@ class EvaluationSetupError(RuntimeError):
     Its message is a single line that says what is wrong and what was expected; `scripts/evaluate.py` prints it
     without a traceback.
     """
-
-
-def _one_line(message: Any) -> str:
-    # Loader errors can span several lines (lists of unpaired files); the CLI promises one line.
-    return " ".join(str(message).split())
 
 
 @dataclass(frozen=True)
