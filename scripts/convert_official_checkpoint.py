@@ -26,22 +26,22 @@ MODEL_CARDS = Path(__file__).resolve().parents[1] / "model_cards"
 
 def model_card_for(config, variant: str | None) -> str:
     """The released model's card when the checkpoint has that model's geometry, else a plain description."""
-    from catseg_hf.configuration_catseg import CATSegConfig
+    from catseg_hf.configuration_catseg import released_variant
 
-    for name in ([variant] if variant else ["base", "large"]):
-        preset = CATSegConfig.from_preset(name)
-        same_clip = (
-            preset.clip_config.vision_config.hidden_size == config.clip_config.vision_config.hidden_size
-            and preset.clip_config.vision_config.num_hidden_layers == config.clip_config.vision_config.num_hidden_layers
-            and preset.clip_config.text_config.hidden_size == config.clip_config.text_config.hidden_size
-        )
-        card = MODEL_CARDS / f"catseg-{name}.md"
-        if same_clip and card.is_file():
-            return card.read_text()
+    released = released_variant(config)
+    if released is not None and variant in (None, released) and (MODEL_CARDS / f"catseg-{released}.md").is_file():
+        return (MODEL_CARDS / f"catseg-{released}.md").read_text()
+    from huggingface_hub import ModelCardData
+
+    metadata = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-segmentation",
+        license="mit",
+        tags=["catseg", "open-vocabulary-segmentation"],
+    )
     vision = config.clip_config.vision_config
     return (
-        "---\nlibrary_name: transformers\npipeline_tag: image-segmentation\nlicense: mit\ntags:\n- catseg\n"
-        "- open-vocabulary-segmentation\n---\n\n# CAT-Seg (converted checkpoint)\n\n"
+        f"---\n{metadata.to_yaml()}\n---\n\n# CAT-Seg (converted checkpoint)\n\n"
         f"A CAT-Seg checkpoint converted with catseg-hf: CLIP vision width {vision.hidden_size}, "
         f"{vision.num_hidden_layers} layers, patch {vision.patch_size}, run at {config.clip_resolution} px. "
         "It does not have the geometry of a released model; no benchmark numbers apply to it.\n"

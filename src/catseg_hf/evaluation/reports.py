@@ -9,16 +9,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
 from .benchmarks import PAPER_BENCHMARKS, get_benchmark
 from .loop import BenchmarkResult, _json_float
 
-#: Reference geometry of the two released models, used to recognise them for the "reported" line of the table:
-#: (vision width, vision layers, patch size, CLIP resolution).
-_VARIANT_GEOMETRY = {
-    "base": (768, 12, 16, 384),
-    "large": (1024, 24, 14, 336),
-}
 _VARIANT_LABELS = {"base": "CAT-Seg base (ViT-B/16)", "large": "CAT-Seg large (ViT-L/14)"}
 
 
@@ -27,16 +20,9 @@ def infer_variant(config: Any) -> str | None:
 
     Only used to print the officially reported numbers next to the measured ones; weights are not inspected.
     """
-    try:
-        vision = config.clip_config.vision_config
-        geometry = (vision.hidden_size, vision.num_hidden_layers, vision.patch_size, config.clip_resolution)
-    except AttributeError:
-        return None
-    for variant, reference in _VARIANT_GEOMETRY.items():
-        if tuple(geometry) == reference:
-            return variant
-    return None
+    from ..configuration_catseg import released_variant
 
+    return released_variant(config)
 
 
 def _percent(value: float | None, scale: float = 1.0) -> str:
