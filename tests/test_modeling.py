@@ -1,5 +1,5 @@
 """CATSegForSemanticSegmentation on tiny random configurations: shapes, presets, top-k, padding, loss, modes, saving,
-half precision, export."""
+half precision, export; the blocks and the inference kernels (`catseg_kernels`) against a straightforward reference."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation
 
-from catseg_hf import CATSegConfig, CATSegForSemanticSegmentation, CATSegModel, modeling_catseg
-from catseg_hf.modeling_catseg import CATSegClassAggregation, compute_cost_volume
+from catseg_hf import CATSegConfig, CATSegForSemanticSegmentation, CATSegModel, catseg_kernels, modeling_catseg
+from catseg_hf.modeling_catseg import CATSegClassAggregation, compute_cost_volume, shifted_window_attention_mask
 from catseg_hf.testing_utils import tiny_catseg_config
 from catseg_hf.training.optim import apply_clip_finetune_policy
 
@@ -301,16 +301,40 @@ def explicit_padding_class_aggregation(module: CATSegClassAggregation, cost_embe
 
 @pytest.mark.parametrize("num_classes", [3, 8, 12])
 @pytest.mark.parametrize("pooling_size", [(1, 1), (2, 2)])
-def test_exact_padding_shortcut_equals_explicit_padding(num_classes, pooling_size):
+@pytest.mark.parametrize("path", ["block", "kernel"])
+def test_exact_padding_shortcut_equals_explicit_padding(num_classes, pooling_size, path):
     model = make_model()
     module = model.aggregator.layers[0].class_aggregation
     generator = torch.Generator().manual_seed(num_classes)
     cost_embedding = torch.randn(2, num_classes, 4, 4, 32, generator=generator)
     text_guidance = torch.randn(2, num_classes, 16, generator=generator).relu()
     with torch.no_grad():
-        fast = module(cost_embedding, text_guidance, pooling_size)
+        if path == "block":
+            fast = module(cost_embedding, text_guidance, pooling_size)
+        else:
+            fast = catseg_kernels.class_aggregation(
+                module, cost_embedding, text_guidance, pooling_size, out=torch.empty_like(cost_embedding)
+            )
         reference = explicit_padding_class_aggregation(module, cost_embedding, text_guidance, pooling_size)
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
+
+
+def reference_shifted_window_mask(height, width, window, shift):
+    """Swin's mask from its meaning: in the shifted frame, two tokens of a window may attend to each other only if
+    they lie on the same side of the cyclic seam, in rows and in columns."""
+    from timm.models.swin_transformer import window_partition
+
+    rows = torch.arange(height).view(-1, 1).expand(height, width)
+    cols = torch.arange(width).view(1, -1).expand(height, width)
+    side = (rows >= height - shift).float() * 2 + (cols >= width - shift).float()
+    windows = window_partition(side[None, :, :, None], (window, window)).flatten(1)  # (num_windows, tokens)
+    return torch.where(windows[:, :, None] == windows[:, None, :], 0.0, -100.0)
+
+
+@pytest.mark.parametrize("height, width, window, shift", [(4, 4, 2, 1), (8, 12, 4, 2), (24, 24, 12, 6)])
+def test_shifted_window_mask_keeps_attention_on_one_side_of_the_seam(height, width, window, shift):
+    mask = shifted_window_attention_mask(height, width, window, shift, torch.device("cpu"))
+    assert torch.equal(mask, reference_shifted_window_mask(height, width, window, shift))
 
 
 def test_cost_volume_is_cosine_similarity():
@@ -468,7 +492,8 @@ def test_save_load_round_trip_and_auto_classes(tmp_path, saved_class):
 def test_remote_code_loads_without_the_package(tmp_path):
     model = make_model()
     model.save_pretrained(tmp_path)
-    assert (tmp_path / "modeling_catseg.py").is_file() and (tmp_path / "configuration_catseg.py").is_file()
+    for name in ("modeling_catseg.py", "catseg_kernels.py", "configuration_catseg.py"):
+        assert (tmp_path / name).is_file(), name
     pixel_values, input_ids = random_inputs(model, batch=1, num_classes=3)
     torch.save({"pixel_values": pixel_values, "input_ids": input_ids}, tmp_path / "inputs.pt")
     with torch.no_grad():
@@ -498,7 +523,7 @@ def test_remote_code_loads_without_the_package(tmp_path):
     assert "transformers_modules" in result.stdout
 
 
-# ------------------------------------------------------------------------------------------------ fast paths
+# ------------------------------------------------------------------------------------ inference kernels, fast paths
 
 
 def test_truncated_text_encoding_equals_full_clip_text_tower():
@@ -540,8 +565,6 @@ def reference_aggregator(aggregator, image_embeddings, class_embeddings, decoder
     with an explicit shifted-window mask, decoder guidance concatenated per class. Returns (logits, selected)."""
     from timm.models.swin_transformer import window_partition, window_reverse
 
-    from catseg_hf.modeling_catseg import shifted_window_attention_mask
-
     cost = compute_cost_volume(image_embeddings, class_embeddings)
     batch, templates, num_classes, height, width = cost.shape
     selected = None
@@ -573,7 +596,7 @@ def reference_aggregator(aggregator, image_embeddings, class_embeddings, decoder
             v = attention.value(windows[..., :channels]).unflatten(-1, (heads, -1)).transpose(1, 2)
             scores = q @ k.transpose(-1, -2)
             if shift:
-                mask = shifted_window_attention_mask(height, width, window, shift, scores.device)
+                mask = reference_shifted_window_mask(height, width, window, shift)
                 scores = (scores.view(-1, mask.shape[0], heads, *mask.shape[1:]) + mask[None, :, None]).flatten(0, 1)
             out = attention.proj((scores.softmax(-1) @ v).transpose(1, 2).flatten(2))
             out = window_reverse(out.view(-1, window, window, channels), (window, window), height, width)
@@ -601,52 +624,57 @@ def reference_aggregator(aggregator, image_embeddings, class_embeddings, decoder
 
 
 def use_smallest_tiles(monkeypatch) -> None:
-    """One class map / pixel / token per tile in every tiled inference path."""
+    """One class map / pixel / token per tile in every inference kernel."""
     for name in (
         "SWIN_TOKENS_PER_TILE",
         "CLASS_AGGREGATION_TOKENS_PER_TILE",
         "DECODER_OUTPUT_PIXELS_PER_TILE",
         "MLP_TOKENS_PER_TILE",
     ):
-        monkeypatch.setattr(modeling_catseg, name, 1)
+        monkeypatch.setattr(catseg_kernels, name, 1)
+
+
+def aggregator_inputs(num_classes: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    image_embeddings = torch.randn(2, 16, 4, 4, generator=generator)
+    class_embeddings = F.normalize(torch.randn(2, num_classes, 1, 16, generator=generator), dim=-1)
+    decoder_guidance = (torch.randn(2, 32, 8, 8, generator=generator), torch.randn(2, 16, 16, 16, generator=generator))
+    return image_embeddings, class_embeddings, decoder_guidance
 
 
 @pytest.mark.parametrize("num_classes", [3, 8, 13])
 @pytest.mark.parametrize("pooling_size", [(1, 1), (2, 2)])
-@pytest.mark.parametrize("tiles", ["default", "smallest"])
-def test_fast_aggregator_equals_straightforward_reference(num_classes, pooling_size, tiles, monkeypatch):
-    """Every fast path together (guidance projected once per image/class, exact padding shortcut, channels-last
-    layout, per-view and per-class chunking, windows cut by one gather, fused q/k/v projections, tiles over
-    classes/pixels/tokens updating the buffer in place) against the straightforward computation, for T below, at
-    and above pad_len (8)."""
-    if tiles == "smallest":
+@pytest.mark.parametrize("path", ["blocks", "kernels", "kernels, smallest tiles"])
+def test_aggregator_equals_straightforward_reference(num_classes, pooling_size, path, monkeypatch):
+    """The model's blocks (the autograd path) and the inference kernels (with the default tiles and with one class
+    map / pixel / token per tile) against the straightforward computation, for T below, at and above pad_len (8).
+    The blocks' own reformulations are checked here (guidance projected once per image/class, exact padding
+    shortcut, channels-last layout, per-class chunks), and the kernels' on top (windows cut by one gather, fused
+    q/k/v projections, tiles over classes/pixels/tokens updating the buffer in place)."""
+    if path == "kernels, smallest tiles":
         use_smallest_tiles(monkeypatch)
     model = make_model(window_size=2, class_chunk_size=2)  # 4x4 grid: shifted windows exercised
-    generator = torch.Generator().manual_seed(num_classes)
-    image_embeddings = torch.randn(2, 16, 4, 4, generator=generator)
-    class_embeddings = F.normalize(torch.randn(2, num_classes, 1, 16, generator=generator), dim=-1)
-    decoder_guidance = (torch.randn(2, 32, 8, 8, generator=generator), torch.randn(2, 16, 16, 16, generator=generator))
+    image_embeddings, class_embeddings, decoder_guidance = aggregator_inputs(num_classes, seed=num_classes)
+    with torch.set_grad_enabled(path == "blocks"):
+        logits, selected = model.aggregator(image_embeddings, class_embeddings, decoder_guidance, pooling_size)
     with torch.no_grad():
-        fast, fast_selected = model.aggregator(image_embeddings, class_embeddings, decoder_guidance, pooling_size)
-        reference, selected = reference_aggregator(
+        reference, reference_selected = reference_aggregator(
             model.aggregator, image_embeddings, class_embeddings, decoder_guidance, pooling_size
         )
-    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
+    assert logits.requires_grad == (path == "blocks")
+    torch.testing.assert_close(logits.detach(), reference, atol=1e-5, rtol=0)
     if num_classes > 8:
-        assert torch.equal(fast_selected, selected)
+        assert torch.equal(selected, reference_selected)
 
 
 @pytest.mark.parametrize("num_classes", [3, 13])
 @pytest.mark.parametrize("pooling_size", [(1, 1), (2, 2)])
 def test_tiled_inference_equals_the_autograd_path(num_classes, pooling_size, monkeypatch):
-    """Without gradients the aggregator runs in tiles, in place; with gradients it keeps whole-tensor ops. Both give
-    the same logits, and the inputs handed in are left untouched."""
+    """Without gradients the aggregator runs the kernels, in tiles and in place; with gradients it runs the blocks.
+    Both give the same logits, and the inputs handed in are left untouched."""
     use_smallest_tiles(monkeypatch)
     model = make_model(window_size=2, class_chunk_size=0)
-    generator = torch.Generator().manual_seed(7)
-    image_embeddings = torch.randn(2, 16, 4, 4, generator=generator)
-    class_embeddings = F.normalize(torch.randn(2, num_classes, 1, 16, generator=generator), dim=-1)
-    decoder_guidance = (torch.randn(2, 32, 8, 8, generator=generator), torch.randn(2, 16, 16, 16, generator=generator))
+    image_embeddings, class_embeddings, decoder_guidance = aggregator_inputs(num_classes, seed=7)
     cost_volume = compute_cost_volume(image_embeddings, class_embeddings)
     cost_volume_before = cost_volume.clone()
     with torch.enable_grad():
@@ -660,6 +688,74 @@ def test_tiled_inference_equals_the_autograd_path(num_classes, pooling_size, mon
     assert autograd_logits.requires_grad and not tiled_logits.requires_grad
     torch.testing.assert_close(tiled_logits, autograd_logits.detach(), atol=1e-5, rtol=0)
     assert torch.equal(cost_volume, cost_volume_before)
+
+
+@pytest.mark.parametrize("tiles", ["default", "smallest"])
+def test_each_kernel_equals_its_block(tiles, monkeypatch):
+    """Kernel by kernel, so that a failure names the kernel: Swin blocks, class aggregation (pooled or not) and
+    residual MLP, each against the block it stands for; the decoder in CPU tiles against all classes at once."""
+    if tiles == "smallest":
+        use_smallest_tiles(monkeypatch)
+    model = make_model(window_size=2)
+    layer, aggregator = model.aggregator.layers[0], model.aggregator
+    generator = torch.Generator().manual_seed(11)
+    cost_embedding = torch.randn(2, 5, 4, 4, 32, generator=generator)
+    appearance_guidance = torch.randn(2, 4, 4, 16, generator=generator)
+    text_guidance = torch.randn(2, 5, 16, generator=generator).relu()
+    decoder_guidance = [torch.randn(2, 32, 8, 8, generator=generator), torch.randn(2, 16, 16, 16, generator=generator)]
+
+    def close(actual, expected):
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+
+    with torch.no_grad():
+        buffer = cost_embedding.clone()  # the kernels update their buffer in place
+        result = catseg_kernels.spatial_aggregation(layer.spatial_aggregation, buffer, appearance_guidance, out=buffer)
+        assert result.data_ptr() == buffer.data_ptr()
+        close(buffer, layer.spatial_aggregation(cost_embedding, appearance_guidance))
+        for pooling_size in ((1, 1), (2, 2)):
+            buffer = cost_embedding.clone()
+            catseg_kernels.class_aggregation(layer.class_aggregation, buffer, text_guidance, pooling_size, out=buffer)
+            close(buffer, layer.class_aggregation(cost_embedding, text_guidance, pooling_size))
+        block = layer.spatial_aggregation.blocks[1]
+        close(
+            catseg_kernels.residual_mlp(cost_embedding, block.norm2, block.mlp),
+            cost_embedding + block.mlp(block.norm2(cost_embedding)),
+        )
+        tile = catseg_kernels.decoder_classes_per_chunk(cost_embedding, model.config.class_chunk_size)
+        assert tile == 1 if tiles == "smallest" else tile == model.config.class_chunk_size
+        close(aggregator.decode(cost_embedding, decoder_guidance), aggregator.decode(cost_embedding, decoder_guidance, 0))
+
+
+def test_inference_kernels_run_without_gradients_on_cpu_only(monkeypatch):
+    """The one switch between blocks and kernels: gradient-free CPU calls take the kernels, every other call the
+    blocks."""
+    with torch.no_grad():
+        assert catseg_kernels.use_inference_kernels(torch.zeros(1))
+        assert not catseg_kernels.use_inference_kernels(torch.zeros(1, device="meta"))
+    with torch.enable_grad():
+        assert not catseg_kernels.use_inference_kernels(torch.zeros(1))
+    calls = []
+
+    def counted(name, kernel):
+        def run(*args, **kwargs):
+            calls.append(name)
+            return kernel(*args, **kwargs)
+
+        return run
+
+    for name in ("inference_aggregation", "inference_image_features"):
+        monkeypatch.setattr(modeling_catseg, name, counted(name, getattr(modeling_catseg, name)))
+    model = make_model()
+    pixel_values, input_ids = random_inputs(model, batch=2)
+    with torch.no_grad():
+        model(pixel_values=pixel_values, input_ids=input_ids)
+    assert set(calls) == {"inference_aggregation", "inference_image_features"}
+    calls.clear()
+    with torch.enable_grad():
+        model(pixel_values=pixel_values, input_ids=input_ids)
+    with torch.no_grad():
+        model(pixel_values=pixel_values, input_ids=input_ids, output_hidden_states=True)
+    assert calls.count("inference_image_features") == 0 and calls.count("inference_aggregation") == 2  # the two views
 
 
 def test_image_features_one_view_at_a_time_equal_the_batch():

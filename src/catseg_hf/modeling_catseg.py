@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +18,12 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
+from .catseg_kernels import (
+    decoder_classes_per_chunk,
+    inference_aggregation,
+    inference_image_features,
+    use_inference_kernels,
+)
 from .configuration_catseg import CATSegConfig
 
 # Value the reference gives to classes dropped by the top-k class selection; sigmoid(-100) is exactly 0 in float32.
@@ -113,48 +118,11 @@ CATSegOutput = CATSegSemanticSegmenterOutput
 # ----------------------------------------------------------------------------------------------------------------------
 # Layout: inside the aggregator the cost embedding is kept channels-last, (B, T, H, W, C), so that the per-class
 # spatial blocks see (B*T, H, W, C) and the per-pixel class attention sees (B, T, H*W, C) without copies.
-# Guidance enters queries/keys through a concatenation in the reference; since a linear layer of a concatenation
-# is the sum of linear layers of the parts, the guidance part is computed once per image (or per class) and
-# broadcast instead of being repeated for every class (or pixel).
+#
+# Every block below is the paper's computation. Without gradients on CPU the aggregator and `get_image_features` run
+# the same computation through `catseg_kernels` instead (tiles, in place; see that module), chosen in one place:
+# `use_inference_kernels`.
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-# Inference runs the aggregator in tiles (gradient-free only; training keeps whole-tensor ops for autograd); the sizes
-# below apply on CPU, accelerators keep `config.class_chunk_size` chunks. Two effects make tiles faster on CPU: a
-# tile's intermediates stay in cache from one op to the next, and temporaries stay below glibc's mmap threshold
-# (32 MB at most), so they reuse freed heap memory instead of being mapped afresh: a fresh 57 MB tensor costs ~14k
-# page faults, ten times the time of writing it. Tiles never change a result beyond float32 rounding of differently
-# shaped matrix products.
-# Tokens per tile of the residual MLPs (the 4x-wide hidden activations of a tile stay in cache).
-MLP_TOKENS_PER_TILE = 4096
-# Class-map tokens (classes x H x W) per tile of the Swin blocks: 8 classes at 24x24.
-SWIN_TOKENS_PER_TILE = 8 * 24 * 24
-# Class tokens (classes x pixels) per tile of the class aggregation.
-CLASS_AGGREGATION_TOKENS_PER_TILE = 8192
-# Output pixels (classes x 4H x 4W) that go through the upsampling decoder together: 8 classes at 96x96.
-DECODER_OUTPUT_PIXELS_PER_TILE = 8 * 96 * 96
-
-
-def _inference_mlp(mlp: Mlp, tokens: torch.Tensor) -> torch.Tensor:
-    """timm's `Mlp` without gradients: its dropouts are inactive and its norm is the identity, and a ReLU can act in
-    place on the hidden activations instead of allocating another 4x-wide tensor."""
-    hidden = mlp.fc1(tokens)
-    hidden = hidden.relu_() if isinstance(mlp.act, nn.ReLU) else mlp.act(hidden)
-    return mlp.fc2(mlp.norm(hidden))
-
-
-def residual_mlp(hidden: torch.Tensor, norm: nn.Module, mlp: Mlp) -> torch.Tensor:
-    """`hidden + mlp(norm(hidden))` over the last dimension, tiled over tokens when no gradient is needed."""
-    if torch.is_grad_enabled() or mlp.training:
-        return hidden + mlp(norm(hidden))
-    tokens = hidden.reshape(-1, hidden.shape[-1])
-    if tokens.shape[0] <= MLP_TOKENS_PER_TILE or tokens.device.type != "cpu":
-        return hidden + _inference_mlp(mlp, norm(hidden))
-    output = torch.empty_like(tokens)
-    for start in range(0, tokens.shape[0], MLP_TOKENS_PER_TILE):
-        tile = tokens[start : start + MLP_TOKENS_PER_TILE]
-        torch.add(tile, _inference_mlp(mlp, norm(tile)), out=output[start : start + MLP_TOKENS_PER_TILE])
-    return output.view(hidden.shape)
 
 
 def _chunk_slices(length: int, chunk_size: int) -> list[slice]:
@@ -167,20 +135,6 @@ def _chunk_slices(length: int, chunk_size: int) -> list[slice]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Spatial aggregation: Swin blocks over the cost embedding of each class, guided by the dense image embeddings
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def fused_guided_projection(
-    query: nn.Linear, key: nn.Linear, value: nn.Linear, guidance: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """For the tiled inference paths, where queries and keys act on `[token ; guidance]` and values on the token:
-    the token-part weights of query, key and value stacked `(3 * dim, dim)` for one matrix product, and the terms
-    that do not depend on the token (guidance parts of query and key, the three biases) `(..., 3 * dim)`."""
-    dim = value.in_features
-    query_term = F.linear(guidance, query.weight[:, dim:], query.bias)
-    key_term = F.linear(guidance, key.weight[:, dim:], key.bias)
-    terms = torch.cat([query_term, key_term, value.bias.expand_as(query_term)], dim=-1)
-    weight = torch.cat([query.weight[:, :dim], key.weight[:, :dim], value.weight])
-    return weight, terms
 
 
 def shifted_window_attention_mask(
@@ -203,8 +157,7 @@ def shifted_window_attention_mask(
 class CATSegWindowAttention(nn.Module):
     """Window self-attention whose queries and keys also see the appearance guidance; values are the tokens alone.
 
-    `query`/`key` act on `[token ; guidance]` (as stored in the checkpoints); the guidance half is applied once per
-    image by `guidance_terms`.
+    `query`/`key` act on `[token ; guidance]`, as the checkpoints store them.
     """
 
     def __init__(self, dim: int, guidance_dim: int, num_heads: int):
@@ -218,89 +171,38 @@ class CATSegWindowAttention(nn.Module):
         self.value = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
-    def guidance_terms(self, guidance_windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The guidance's contribution to queries and keys, `(B, 1, windows, tokens, dim)` each, from guidance already
-        cut into windows `(B, windows, tokens, G)`."""
-        query = F.linear(guidance_windows, self.query.weight[:, self.dim :]).unsqueeze(1)
-        key = F.linear(guidance_windows, self.key.weight[:, self.dim :]).unsqueeze(1)
-        return query, key
-
-    def projection_terms(self, guidance_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`fused_guided_projection` for guidance tokens `(B, N, G)` in window order: terms `(B, N, 3 * dim)`."""
-        return fused_guided_projection(self.query, self.key, self.value, guidance_tokens)
-
-    def attend_tile(
-        self,
-        normed: torch.Tensor,
-        weight: torch.Tensor,
-        terms: torch.Tensor,
-        window_tokens: int,
-        attention_bias: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Tiled inference path: `normed` (n, N, dim) normalised tokens of n class maps in window order, `terms`
-        (N, 3 * dim) of their image, `attention_bias` (n * num_windows, 1, t, t) or None. Returns the projected
-        attention output (n, N, dim)."""
-        num_maps, num_tokens, _ = normed.shape
-        qkv = F.linear(normed, weight).add_(terms)
-        qkv = qkv.view(-1, window_tokens, 3, self.num_heads, self.head_dim)
-        query, key, value = (part.transpose(1, 2) for part in qkv.unbind(2))
-        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_bias, scale=self.scale)
-        attended = attended.transpose(1, 2).reshape(num_maps * num_tokens, self.dim)
-        return torch.addmm(self.proj.bias, attended, self.proj.weight.t()).view(num_maps, num_tokens, self.dim)
-
     def forward(
-        self, windows: torch.Tensor, guidance_terms: tuple[torch.Tensor, torch.Tensor], attention_bias: torch.Tensor | None
+        self, windows: torch.Tensor, guidance_windows: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """`windows` (B, T, num_windows, tokens, dim): normalised tokens cut into windows; `attention_bias`
-        (num_windows, tokens, tokens) for shifted windows. Returns the projected attention output, same shape."""
+        """
+        Args:
+            windows: `(B, T, num_windows, t, dim)`, the normalised tokens of the T class maps of each image, cut into
+                windows of t tokens.
+            guidance_windows: `(B, num_windows, t, G)`, the image's guidance cut into the same windows.
+            attention_mask: `(num_windows, t, t)` additive mask of shifted windows, or None.
+
+        Returns:
+            The projected attention output, `(B, T, num_windows, t, dim)`.
+        """
         batch, num_classes, num_windows, tokens, _ = windows.shape
-        query = F.linear(windows, self.query.weight[:, : self.dim], self.query.bias) + guidance_terms[0]
-        key = F.linear(windows, self.key.weight[:, : self.dim], self.key.bias) + guidance_terms[1]
+        # W [x ; g] + b = W_x x + W_g g + b: the guidance half is the same for the T class maps of an image, so it is
+        # computed once per image and broadcast over the classes.
+        query_guidance = F.linear(guidance_windows, self.query.weight[:, self.dim :]).unsqueeze(1)
+        key_guidance = F.linear(guidance_windows, self.key.weight[:, self.dim :]).unsqueeze(1)
+        query = F.linear(windows, self.query.weight[:, : self.dim], self.query.bias) + query_guidance
+        key = F.linear(windows, self.key.weight[:, : self.dim], self.key.bias) + key_guidance
         value = self.value(windows)
-        heads = (-1, tokens, self.num_heads, self.head_dim)
-        if attention_bias is not None:
-            attention_bias = (
-                attention_bias.to(query.dtype)
-                .unsqueeze(1)
-                .expand(batch * num_classes, num_windows, 1, tokens, tokens)
-                .reshape(-1, 1, tokens, tokens)
-            )
+        heads = (-1, tokens, self.num_heads, self.head_dim)  # (B * T * num_windows, t, heads, head_dim)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(query.dtype).repeat(batch * num_classes, 1, 1).unsqueeze(1)
         attended = F.scaled_dot_product_attention(
             query.view(heads).transpose(1, 2),
             key.view(heads).transpose(1, 2),
             value.view(heads).transpose(1, 2),
-            attn_mask=attention_bias,
+            attn_mask=attention_mask,
             scale=self.scale,
         )
-        attended = attended.transpose(1, 2).reshape(windows.shape)
-        return self.proj(attended)
-
-
-def _cut_windows(tensor: torch.Tensor, window_size: int, shift_size: int) -> torch.Tensor:
-    """(N, H, W, C) -> (N, windows, window_size**2, C), after the cyclic shift of shifted windows."""
-    if shift_size:
-        tensor = torch.roll(tensor, shifts=(-shift_size, -shift_size), dims=(1, 2))
-    windows = window_partition(tensor, (window_size, window_size))
-    return windows.view(tensor.shape[0], -1, window_size * window_size, tensor.shape[-1])
-
-
-def _merge_windows(windows: torch.Tensor, window_size: int, shift_size: int, height: int, width: int) -> torch.Tensor:
-    """Inverse of `_cut_windows`: (N, windows, window_size**2, C) -> (N, H, W, C)."""
-    merged = window_reverse(windows.reshape(-1, window_size, window_size, windows.shape[-1]), (window_size, window_size), height, width)
-    if shift_size:
-        merged = torch.roll(merged, shifts=(shift_size, shift_size), dims=(1, 2))
-    return merged
-
-
-class SwinTilePlan(NamedTuple):
-    """Per image batch and Swin block, what the tiles of the gradient-free path share."""
-
-    window_order: torch.Tensor  # raster index of the token at each position of the (shifted) windows, window by window
-    raster_order: torch.Tensor  # its inverse: window-order position of each raster token
-    weight: torch.Tensor  # stacked token-part weights of query, key and value (3 * dim, dim)
-    terms: torch.Tensor  # per image, guidance parts and biases in window order (B, H * W, 3 * dim)
-    window_tokens: int
-    attention_bias: torch.Tensor | None  # shifted-window bias repeated for the largest tile (maps * windows, 1, t, t)
+        return self.proj(attended.transpose(1, 2).reshape(windows.shape))
 
 
 class CATSegSwinBlock(nn.Module):
@@ -317,6 +219,7 @@ class CATSegSwinBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * config.mlp_ratio), act_layer=nn.GELU)
 
     def window_geometry(self, height: int, width: int) -> tuple[int, int]:
+        """`(window_size, shift_size)` on an `height x width` grid."""
         # As in Swin: a window as large as the grid covers it whole and is never shifted.
         if min(height, width) <= self.window_size:
             window_size, shift_size = min(height, width), 0
@@ -329,51 +232,43 @@ class CATSegSwinBlock(nn.Module):
             )
         return window_size, shift_size
 
+    def partition(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`(N, H, W, C)` -> windows `(N, num_windows, window_size**2, C)`, after the cyclic shift of shifted
+        windows."""
+        window_size, shift_size = self.window_geometry(*tensor.shape[1:3])
+        if shift_size:
+            tensor = torch.roll(tensor, shifts=(-shift_size, -shift_size), dims=(1, 2))
+        windows = window_partition(tensor, (window_size, window_size))
+        return windows.view(tensor.shape[0], -1, window_size * window_size, tensor.shape[-1])
+
+    def reverse(self, windows: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Inverse of `partition`: `(N, num_windows, window_size**2, C)` -> `(N, H, W, C)`."""
+        window_size, shift_size = self.window_geometry(height, width)
+        windows = windows.reshape(-1, window_size, window_size, windows.shape[-1])
+        merged = window_reverse(windows, (window_size, window_size), height, width)
+        if shift_size:
+            merged = torch.roll(merged, shifts=(shift_size, shift_size), dims=(1, 2))
+        return merged
+
+    def attention_mask(self, height: int, width: int, device: torch.device) -> torch.Tensor | None:
+        """The shifted-window mask `(num_windows, t, t)` on an `height x width` grid; None for plain windows."""
+        window_size, shift_size = self.window_geometry(height, width)
+        if not shift_size:
+            return None
+        return shifted_window_attention_mask(height, width, window_size, shift_size, device)
+
     def forward(self, hidden: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        # hidden: (B, T, H, W, C); guidance: (B, H, W, G), normalised
+        """`hidden` `(B, T, H, W, C)`: the cost embedding; `guidance` `(B, H, W, G)`: the normalised appearance
+        guidance. Returns `(B, T, H, W, C)`."""
         batch, num_classes, height, width, channels = hidden.shape
-        window_size, shift_size = self.window_geometry(height, width)
-        # Windows are cut from the normalised tokens once (the projections are per token, so they commute with it).
-        windows = _cut_windows(self.norm1(hidden).view(-1, height, width, channels), window_size, shift_size)
-        windows = windows.view(batch, num_classes, *windows.shape[1:])
-        guidance_terms = self.attention.guidance_terms(_cut_windows(guidance, window_size, shift_size))
-        attention_bias = None
-        if shift_size:
-            attention_bias = shifted_window_attention_mask(height, width, window_size, shift_size, hidden.device)
-        attended = self.attention(windows, guidance_terms, attention_bias)
-        attended = _merge_windows(attended.flatten(0, 1), window_size, shift_size, height, width)
-        hidden = hidden + attended.view(hidden.shape)
-        return residual_mlp(hidden, self.norm2, self.mlp)
-
-    def tile_plan(self, guidance: torch.Tensor, max_maps: int) -> SwinTilePlan:
-        """What the tiled inference path shares between the tiles of one image batch, with the shifted-window bias
-        sized for `max_maps` maps."""
-        batch, height, width, _ = guidance.shape
-        window_size, shift_size = self.window_geometry(height, width)
-        raster = torch.arange(height * width, device=guidance.device).view(1, height, width, 1)
-        order = _cut_windows(raster, window_size, shift_size).flatten()
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        weight, terms = self.attention.projection_terms(guidance.reshape(batch, height * width, -1)[:, order])
-        attention_bias = None
-        if shift_size:
-            mask = shifted_window_attention_mask(height, width, window_size, shift_size, guidance.device)
-            attention_bias = mask.to(guidance.dtype).unsqueeze(1).repeat(max_maps, 1, 1, 1)
-        return SwinTilePlan(order, inverse, weight, terms, window_size * window_size, attention_bias)
-
-    def forward_tile(self, maps: torch.Tensor, plan: SwinTilePlan, image: int) -> torch.Tensor:
-        """Tiled inference path: class maps `(n, H*W, C)` of one image (raster order) -> the block's output, same
-        layout."""
-        num_maps = maps.shape[0]
-        tokens = maps.index_select(1, plan.window_order)
-        attention_bias = plan.attention_bias
-        if attention_bias is not None:
-            attention_bias = attention_bias[: num_maps * (maps.shape[1] // plan.window_tokens)]
-        attended = self.attention.attend_tile(
-            self.norm1(tokens), plan.weight, plan.terms[image], plan.window_tokens, attention_bias
+        windows = self.partition(self.norm1(hidden).view(-1, height, width, channels))
+        attended = self.attention(
+            windows.view(batch, num_classes, *windows.shape[1:]),
+            self.partition(guidance),
+            self.attention_mask(height, width, hidden.device),
         )
-        tokens = residual_mlp(attended.add_(tokens), self.norm2, self.mlp)
-        return tokens.index_select(1, plan.raster_order)
+        hidden = hidden + self.reverse(attended.flatten(0, 1), height, width).view(hidden.shape)
+        return hidden + self.mlp(self.norm2(hidden))
 
 
 class CATSegSpatialAggregation(nn.Module):
@@ -385,46 +280,18 @@ class CATSegSpatialAggregation(nn.Module):
         self.guidance_norm = nn.LayerNorm(config.appearance_guidance_proj_dim)
         self.blocks = nn.ModuleList([CATSegSwinBlock(config, shifted=False), CATSegSwinBlock(config, shifted=True)])
 
-    def forward(
-        self, cost_embedding: torch.Tensor, appearance_guidance: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """`cost_embedding` (B, T, H, W, C), `appearance_guidance` (B, H, W, G) -> (B, T, H, W, C).
-
-        Without gradients the classes go through in tiles written into `out` (a new tensor by default; it may be
-        `cost_embedding` itself, which the aggregator uses to update its own buffer in place)."""
+    def forward(self, cost_embedding: torch.Tensor, appearance_guidance: torch.Tensor) -> torch.Tensor:
+        """`cost_embedding` `(B, T, H, W, C)`, `appearance_guidance` `(B, H, W, G)` -> `(B, T, H, W, C)`."""
         guidance = self.guidance_norm(appearance_guidance)
-        if not torch.is_grad_enabled():
-            return self._forward_tiled(cost_embedding, guidance, out)
         chunks = []
-        # Classes never interact here: chunking bounds the memory of the attention and MLP intermediates.
+        # Classes never interact here: chunks of `config.class_chunk_size` classes bound the memory of the attention
+        # and MLP intermediates.
         for chunk in _chunk_slices(cost_embedding.shape[1], self.class_chunk_size):
             hidden = cost_embedding[:, chunk]
             for block in self.blocks:
                 hidden = block(hidden, guidance)
             chunks.append(hidden)
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
-
-    def _forward_tiled(
-        self, cost_embedding: torch.Tensor, guidance: torch.Tensor, out: torch.Tensor | None
-    ) -> torch.Tensor:
-        batch, num_classes, height, width, channels = cost_embedding.shape
-        # Small tiles are for CPU caches; an accelerator keeps the configured chunks (few, large kernels).
-        maps_per_tile = num_classes if self.class_chunk_size <= 0 else self.class_chunk_size
-        if cost_embedding.device.type == "cpu":
-            maps_per_tile = min(maps_per_tile, max(1, SWIN_TOKENS_PER_TILE // (height * width)))
-        maps_per_tile = min(maps_per_tile, num_classes)
-        plans = [block.tile_plan(guidance, maps_per_tile) for block in self.blocks]
-        if out is None:
-            out = torch.empty(cost_embedding.shape, dtype=cost_embedding.dtype, device=cost_embedding.device)
-        inputs = cost_embedding.reshape(batch, num_classes, height * width, channels)
-        outputs = out.view(batch, num_classes, height * width, channels)
-        for image in range(batch):
-            for chunk in _chunk_slices(num_classes, maps_per_tile):
-                maps = inputs[image, chunk]
-                for block, plan in zip(self.blocks, plans):
-                    maps = block.forward_tile(maps, plan, image)
-                outputs[image, chunk] = maps
-        return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -436,7 +303,7 @@ class CATSegLinearAttention(nn.Module):
     """Multi-head linear attention ("Transformers are RNNs", elu + 1 feature map) without output projection.
 
     There is no positional information, so the result is invariant to the order of the classes. `query`/`key` act
-    on `[token ; text guidance]` as stored in the checkpoints; the guidance half is applied once per class.
+    on `[token ; text guidance]`, as the checkpoints store them.
     """
 
     def __init__(self, dim: int, guidance_dim: int, num_heads: int, eps: float):
@@ -451,8 +318,10 @@ class CATSegLinearAttention(nn.Module):
     def project(self, tokens: torch.Tensor, guidance: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Feature-mapped queries and keys and the values, each `(..., heads, head_dim)`.
 
-        `tokens` (..., T, P, dim) with guidance (..., T, G) shared by the P pixels, or `tokens` (dim,) with
-        guidance (G,) for a single vector."""
+        `tokens` `(..., T, P, dim)` with guidance `(..., T, G)` shared by the P pixels, or `tokens` `(dim,)` with
+        guidance `(G,)` for a single vector."""
+        # W [x ; g] + b = W_x x + W_g g + b: the guidance half is the same at every pixel, so it is computed once per
+        # class and broadcast over the pixels.
         query_guidance = F.linear(guidance, self.query.weight[:, self.dim :])
         key_guidance = F.linear(guidance, self.key.weight[:, self.dim :])
         if tokens.dim() > 1:
@@ -460,67 +329,38 @@ class CATSegLinearAttention(nn.Module):
         split = (*tokens.shape[:-1], self.num_heads, -1)
         query = F.linear(tokens, self.query.weight[:, : self.dim], self.query.bias) + query_guidance
         key = F.linear(tokens, self.key.weight[:, : self.dim], self.key.bias) + key_guidance
-        query = F.elu(query).add_(1.0).view(split)
-        key = F.elu(key).add_(1.0).view(split)
+        query = (F.elu(query) + 1.0).view(split)
+        key = (F.elu(key) + 1.0).view(split)
         return query, key, self.value(tokens).view(split)
 
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        guidance: torch.Tensor,
-        extra_key_value: torch.Tensor | None = None,
-        extra_key_sum: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Attends over the classes of `tokens` (B, T, P, dim) separately at each of the P pixels; `guidance` is
-        (B, T, G).
-
-        `extra_key_value` (heads, head_dim, head_dim) and `extra_key_sum` (heads, head_dim) are the summed
-        contributions of further keys/values that are the same at every pixel (the class padding), added exactly.
-        """
-        query, key, value = self.project(tokens, guidance)
-        return self._attend(query, key, value, extra_key_value, extra_key_sum)
-
-    def _attend(
+    def attend(
         self,
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        extra_key_value: torch.Tensor | None,
-        extra_key_sum: torch.Tensor | None,
+        padding: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Feature-mapped `query`/`key` and `value` (B, T, P, heads, head_dim) -> attended (B, T, P, dim)."""
+        """Feature-mapped `query`/`key` and `value` `(B, T, P, heads, head_dim)` -> attended `(B, T, P, dim)`:
+        `q_t · (sum_s k_s v_s^T) / (q_t · sum_s k_s + eps)` over the classes s at each pixel.
+
+        `padding`: `(key_value (heads, head_dim, head_dim), key_sum (heads, head_dim))`, the summed contributions of
+        further keys/values that are the same at every pixel (the class padding), added exactly."""
         key_value = torch.einsum("btphd,btphe->bphde", key, value)
         key_sum = key.sum(dim=1)
-        if extra_key_value is not None:
-            key_value = key_value + extra_key_value
-            key_sum = key_sum + extra_key_sum
-        normaliser = torch.einsum("btphd,bphd->btph", query, key_sum).add_(self.eps)
+        if padding is not None:
+            key_value = key_value + padding[0]
+            key_sum = key_sum + padding[1]
+        normaliser = torch.einsum("btphd,bphd->btph", query, key_sum) + self.eps
         attended = torch.einsum("btphd,bphde->btphe", query, key_value) / normaliser.unsqueeze(-1)
         return attended.flatten(-2)
 
-    def projection_terms(self, guidance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`fused_guided_projection` for per-class guidance `(B, T, G)`: terms `(B, T, 1, 3 * dim)`, shared by the
-        pixels."""
-        weight, terms = fused_guided_projection(self.query, self.key, self.value, guidance)
-        return weight, terms.unsqueeze(-2)
-
-    def attend_tile(
-        self,
-        normed: torch.Tensor,
-        weight: torch.Tensor,
-        terms: torch.Tensor,
-        extra_key_value: torch.Tensor | None,
-        extra_key_sum: torch.Tensor | None,
+    def forward(
+        self, tokens: torch.Tensor, guidance: torch.Tensor, padding: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        """Tiled inference path: `normed` (T, p, dim) normalised tokens of one image at p pixels, with `weight`
-        (3 * dim, dim) and that image's `terms` (T, 1, 3 * dim) from `projection_terms`. Returns (T, p, dim)."""
-        num_classes, num_pixels, dim = normed.shape
-        qkv = F.linear(normed, weight).add_(terms)
-        split = (1, num_classes, num_pixels, self.num_heads, -1)
-        query_key = F.elu(qkv[..., : 2 * dim]).add_(1.0)
-        query, key = query_key[..., :dim].view(split), query_key[..., dim:].view(split)
-        value = qkv[..., 2 * dim :].reshape(split)
-        return self._attend(query, key, value, extra_key_value, extra_key_sum)[0]
+        """Attends over the classes of `tokens` `(B, T, P, dim)` separately at each of the P pixels; `guidance` is
+        `(B, T, G)`, `padding` as in `attend`."""
+        query, key, value = self.project(tokens, guidance)
+        return self.attend(query, key, value, padding)
 
 
 class CATSegClassAggregation(nn.Module):
@@ -545,75 +385,46 @@ class CATSegClassAggregation(nn.Module):
         self.padding_token = nn.Parameter(torch.zeros(dim))
         self.padding_guidance = nn.Parameter(torch.zeros(config.text_guidance_proj_dim))
 
-    def padding_contribution(self, num_padding: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed key-value outer products and key sums of `num_padding` identical padding tokens."""
+    def padding_contribution(self, num_padding: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Summed key-value outer products `(heads, head_dim, head_dim)` and key sums `(heads, head_dim)` of
+        `num_padding` identical padding tokens; None without padding."""
+        if num_padding <= 0:
+            return None
         _, key, value = self.attention.project(self.norm1(self.padding_token), self.padding_guidance)
-        key_value = torch.einsum("hd,he->hde", key, value) * num_padding
-        return key_value, key * num_padding
+        return torch.einsum("hd,he->hde", key, value) * num_padding, key * num_padding
+
+    @staticmethod
+    def pool(cost_embedding: torch.Tensor, pooling_size: tuple[int, int]) -> torch.Tensor:
+        """Average pooling of `(B, T, H, W, C)` over the grid -> `(B, T, H / ph, W / pw, C)`."""
+        if tuple(pooling_size) == (1, 1):
+            return cost_embedding
+        batch, num_classes, height, width, channels = cost_embedding.shape
+        pooled = cost_embedding.permute(0, 1, 4, 2, 3).reshape(batch * num_classes, channels, height, width)
+        pooled = F.avg_pool2d(pooled, pooling_size)
+        return pooled.view(batch, num_classes, channels, *pooled.shape[-2:]).permute(0, 1, 3, 4, 2)
+
+    @staticmethod
+    def unpool(aggregated: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Bilinear resize (corners aligned, as in the reference) of `(B, T, h, w, C)` -> `(B, T, *size, C)`."""
+        batch, num_classes, height, width, channels = aggregated.shape
+        if (height, width) == tuple(size):
+            return aggregated
+        aggregated = aggregated.permute(0, 1, 4, 2, 3).reshape(batch * num_classes, channels, height, width)
+        aggregated = F.interpolate(aggregated, size=tuple(size), mode="bilinear", align_corners=True)
+        return aggregated.view(batch, num_classes, channels, *size).permute(0, 1, 3, 4, 2)
 
     def forward(
-        self,
-        cost_embedding: torch.Tensor,
-        text_guidance: torch.Tensor,
-        pooling_size: tuple[int, int],
-        out: torch.Tensor | None = None,
+        self, cost_embedding: torch.Tensor, text_guidance: torch.Tensor, pooling_size: tuple[int, int]
     ) -> torch.Tensor:
-        """`cost_embedding` (B, T, H, W, C), `text_guidance` (B, T, G) -> (B, T, H, W, C).
-
-        Without gradients and without pooling the pixels go through in tiles written into `out` (a new tensor by
-        default; it may be `cost_embedding` itself)."""
+        """`cost_embedding` `(B, T, H, W, C)`, `text_guidance` `(B, T, G)` -> `(B, T, H, W, C)`."""
         batch, num_classes, height, width, channels = cost_embedding.shape
-        if not torch.is_grad_enabled() and tuple(pooling_size) == (1, 1):
-            return self._forward_tiled(cost_embedding, text_guidance, out)
-        pooled = cost_embedding
-        if tuple(pooling_size) != (1, 1):
-            pooled = cost_embedding.permute(0, 1, 4, 2, 3).reshape(batch * num_classes, channels, height, width)
-            pooled = F.avg_pool2d(pooled, pooling_size)
-            pooled = pooled.view(batch, num_classes, channels, *pooled.shape[-2:]).permute(0, 1, 3, 4, 2)
-        pooled_height, pooled_width = pooled.shape[2:4]
-        tokens = pooled.reshape(batch, num_classes, pooled_height * pooled_width, channels)
-
-        extra_key_value = extra_key_sum = None
-        num_padding = self.pad_len - num_classes
-        if num_padding > 0:
-            extra_key_value, extra_key_sum = self.padding_contribution(num_padding)
-        tokens = tokens + self.attention(self.norm1(tokens), text_guidance, extra_key_value, extra_key_sum)
-        tokens = residual_mlp(tokens, self.norm2, self.mlp)
-
-        aggregated = tokens.view(batch, num_classes, pooled_height, pooled_width, channels)
-        if (pooled_height, pooled_width) != (height, width):
-            aggregated = aggregated.permute(0, 1, 4, 2, 3).reshape(batch * num_classes, channels, pooled_height, pooled_width)
-            aggregated = F.interpolate(aggregated, size=(height, width), mode="bilinear", align_corners=True)
-            aggregated = aggregated.view(batch, num_classes, channels, height, width).permute(0, 1, 3, 4, 2)
-        return cost_embedding + aggregated
-
-    def _forward_tiled(
-        self, cost_embedding: torch.Tensor, text_guidance: torch.Tensor, out: torch.Tensor | None
-    ) -> torch.Tensor:
-        batch, num_classes, height, width, channels = cost_embedding.shape
-        num_pixels = height * width
-        pixels_per_tile = num_pixels
-        if cost_embedding.device.type == "cpu":
-            pixels_per_tile = max(1, CLASS_AGGREGATION_TOKENS_PER_TILE // num_classes)
-        extra_key_value = extra_key_sum = None
-        num_padding = self.pad_len - num_classes
-        if num_padding > 0:
-            extra_key_value, extra_key_sum = self.padding_contribution(num_padding)
-        weight, terms = self.attention.projection_terms(text_guidance)
-        if out is None:
-            out = torch.empty(cost_embedding.shape, dtype=cost_embedding.dtype, device=cost_embedding.device)
-        inputs = cost_embedding.reshape(batch, num_classes, num_pixels, channels)
-        outputs = out.view(batch, num_classes, num_pixels, channels)
-        for image in range(batch):
-            for pixels in _chunk_slices(num_pixels, pixels_per_tile):
-                tokens = inputs[image, :, pixels].contiguous()
-                attended = self.attention.attend_tile(
-                    self.norm1(tokens), weight, terms[image], extra_key_value, extra_key_sum
-                )
-                hidden = residual_mlp(attended.add_(tokens), self.norm2, self.mlp)
-                # The layer's output is its input plus the (unpooled) aggregated tokens, as in the pooled path.
-                outputs[image, :, pixels] = hidden.add_(tokens)
-        return out
+        pooled = self.pool(cost_embedding, pooling_size)
+        tokens = pooled.reshape(batch, num_classes, -1, channels)  # (B, T, P, C): a class sequence at every pixel
+        padding = self.padding_contribution(self.pad_len - num_classes)
+        tokens = tokens + self.attention(self.norm1(tokens), text_guidance, padding)
+        tokens = tokens + self.mlp(self.norm2(tokens))
+        # The layer's output is added to its input once more, at full resolution, as in the reference.
+        return cost_embedding + self.unpool(tokens.view(pooled.shape), (height, width))
 
 
 class CATSegAggregationLayer(GradientCheckpointingLayer):
@@ -630,11 +441,10 @@ class CATSegAggregationLayer(GradientCheckpointingLayer):
         appearance_guidance: torch.Tensor,
         text_guidance: torch.Tensor,
         pooling_size: tuple[int, int],
-        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`out`: where the gradient-free tiled paths write (may be `cost_embedding` itself, updated in place)."""
-        cost_embedding = self.spatial_aggregation(cost_embedding, appearance_guidance, out=out)
-        return self.class_aggregation(cost_embedding, text_guidance, pooling_size, out=out)
+        """`cost_embedding` `(B, T, H, W, C)`, `appearance_guidance` `(B, H, W, G)`, `text_guidance` `(B, T, G)`."""
+        cost_embedding = self.spatial_aggregation(cost_embedding, appearance_guidance)
+        return self.class_aggregation(cost_embedding, text_guidance, pooling_size)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -646,7 +456,8 @@ class CATSegUpsampleStage(nn.Module):
     """x2 transposed convolution, concatenation with the (projected) CLIP guidance, two conv-GroupNorm-ReLU.
 
     The first convolution of the concatenation is computed as the sum of its feature part (per class) and its
-    guidance part (once per image), which is the same linear map without repeating the guidance for every class.
+    guidance part (`guidance_term`, once per image), which is the same linear map without repeating the guidance for
+    every class.
     """
 
     def __init__(self, in_channels: int, out_channels: int, guidance_channels: int):
@@ -663,14 +474,14 @@ class CATSegUpsampleStage(nn.Module):
         )
 
     def guidance_term(self, guidance: torch.Tensor) -> torch.Tensor:
-        """The guidance part of the first convolution, `(B, 1, out, 2H, 2W)` in channels-last memory layout, from
-        guidance `(B, G, 2H, 2W)`."""
+        """The guidance part of the first convolution, `(B, 1, out, 2H, 2W)`, from guidance `(B, G, 2H, 2W)`."""
         term = F.conv2d(guidance, self.convs[0].weight[:, self.feature_channels :], padding=1)
         return term.contiguous(memory_format=torch.channels_last).unsqueeze(1)
 
     def forward(self, features: torch.Tensor, guidance_term: torch.Tensor) -> torch.Tensor:
-        # features: (B, T, C, H, W) -> (B, T, out, 2H, 2W). The stage runs in channels-last memory layout, where
-        # oneDNN's convolutions with these few channels are 1.4-2.4x faster than on NCHW tensors.
+        """`features` `(B, T, C, H, W)` -> `(B, T, out, 2H, 2W)`."""
+        # The stage runs in channels-last memory layout, the cost embedding's own, where the convolutions with these
+        # few channels are fastest on CPU (docs/performance-notes.md).
         batch, num_classes = features.shape[:2]
         upsampled = self.upsample(features.flatten(0, 1).contiguous(memory_format=torch.channels_last))
         hidden = F.conv2d(upsampled, self.convs[0].weight[:, : self.feature_channels], padding=1)
@@ -734,28 +545,28 @@ class CATSegAggregator(nn.Module):
         selected = highest_cost.topk(self.config.pad_len, dim=-1).indices
         return selected.sort(dim=-1).values
 
-    def decode(self, cost_embedding: torch.Tensor, decoder_guidance: list[torch.Tensor]) -> torch.Tensor:
-        """Upsampling decoder and head, per class: (B, T, H, W, C) -> (B, T, 4H, 4W) logits.
+    def decode(
+        self,
+        cost_embedding: torch.Tensor,
+        decoder_guidance: list[torch.Tensor],
+        classes_per_chunk: int | None = None,
+    ) -> torch.Tensor:
+        """Upsampling decoder and head, per class: `(B, T, H, W, C)` -> `(B, T, 4H, 4W)` logits.
 
-        Classes go through in chunks of at most `config.class_chunk_size`, which bounds memory. On CPU the chunks are
-        smaller still (`DECODER_OUTPUT_PIXELS_PER_TILE`): tiles of 8 classes at the 96x96 output made the decoder
-        1.5x faster here than tiles of 64, as a tile's activations stay in cache from one convolution to the next."""
-        guidance_terms = [
-            stage.guidance_term(projection(guidance))
-            for stage, projection, guidance in zip(self.decoder_stages, self.decoder_guidance_projections, decoder_guidance)
-        ]
-        batch, num_classes, height, width = cost_embedding.shape[:4]
-        classes_per_tile = self.config.class_chunk_size
-        if cost_embedding.device.type == "cpu":
-            cache_tile = max(1, DECODER_OUTPUT_PIXELS_PER_TILE // (batch * 16 * height * width))
-            classes_per_tile = cache_tile if classes_per_tile <= 0 else min(classes_per_tile, cache_tile)
+        Classes never interact here: they go through in chunks of `classes_per_chunk` classes (`<= 0`: all at once),
+        which bounds memory; by default `config.class_chunk_size`, less on CPU (`decoder_classes_per_chunk`)."""
+        if classes_per_chunk is None:
+            classes_per_chunk = decoder_classes_per_chunk(cost_embedding, self.config.class_chunk_size)
+        stages = zip(self.decoder_stages, self.decoder_guidance_projections, decoder_guidance)
+        guidance_terms = [stage.guidance_term(projection(guidance)) for stage, projection, guidance in stages]
+        batch, num_classes = cost_embedding.shape[:2]
         logits = []
-        for chunk in _chunk_slices(num_classes, classes_per_tile):
+        for chunk in _chunk_slices(num_classes, classes_per_chunk):
             features = cost_embedding[:, chunk].permute(0, 1, 4, 2, 3)
             for stage, guidance_term in zip(self.decoder_stages, guidance_terms):
                 features = stage(features, guidance_term)
-            tile_logits = self.head(features.flatten(0, 1))
-            logits.append(tile_logits.view(batch, features.shape[1], *features.shape[-2:]))
+            chunk_logits = self.head(features.flatten(0, 1))
+            logits.append(chunk_logits.view(batch, features.shape[1], *features.shape[-2:]))
         return logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)
 
     def forward(
@@ -801,19 +612,20 @@ class CATSegAggregator(nn.Module):
         text_guidance = F.normalize(class_embeddings, dim=-1).mean(dim=2)
         text_guidance = self.text_guidance_projection(text_guidance / text_guidance.norm(dim=-1, keepdim=True))
 
-        # Without gradients the layers update this buffer (which only the aggregator holds) in place, tile by tile.
-        out = None if torch.is_grad_enabled() else cost_embedding
-        for layer in self.layers:
-            cost_embedding = layer(cost_embedding, appearance_guidance, text_guidance, pooling_size, out=out)
+        if use_inference_kernels(cost_embedding):
+            # The same layers as tiles that update `cost_embedding` in place (only this method holds it).
+            cost_embedding = inference_aggregation(
+                self.layers, cost_embedding, appearance_guidance, text_guidance, pooling_size
+            )
+        else:
+            for layer in self.layers:
+                cost_embedding = layer(cost_embedding, appearance_guidance, text_guidance, pooling_size)
         logits = self.decode(cost_embedding, list(decoder_guidance))
 
         if selected is not None:
             full = logits.new_full((batch, num_classes, *logits.shape[-2:]), DROPPED_CLASS_LOGIT)
             logits = full.scatter(1, selected[:, :, None, None].expand_as(logits), logits)
         return logits, selected
-# ----------------------------------------------------------------------------------------------------------------------
-
-
 
 
 class CATSegPreTrainedModel(PreTrainedModel):
@@ -1062,19 +874,9 @@ class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
             kwargs.get(f"output_{name}", getattr(self.config, f"output_{name}", False))
             for name in ("hidden_states", "attentions")
         )
-        batch = pixel_values.shape[0]
-        if batch > 1 and pixel_values.device.type == "cpu" and not torch.is_grad_enabled() and not capturing:
-            # One view at a time on CPU: the batch's MLP activations would be mapped afresh in every block; one
-            # view's stay in reused heap memory (README, Performance).
-            per_view = [self._image_features(pixel_values[index : index + 1]) for index in range(batch)]
-            return CATSegImageFeatures(
-                last_hidden_state=torch.cat([f.last_hidden_state for f in per_view]),
-                pooler_output=torch.cat([f.pooler_output for f in per_view]),
-                dense_embeddings=torch.cat([f.dense_embeddings for f in per_view]),
-                image_embeddings=torch.cat([f.image_embeddings for f in per_view]),
-                guidance_taps=tuple(torch.cat(taps) for taps in zip(*(f.guidance_taps for f in per_view))),
-                decoder_guidance=tuple(torch.cat(maps) for maps in zip(*(f.decoder_guidance for f in per_view))),
-            )
+        # Captured hidden states and attentions are recorded per call, so they need the whole batch in one call.
+        if pixel_values.shape[0] > 1 and not capturing and use_inference_kernels(pixel_values):
+            return inference_image_features(self._image_features, pixel_values)
         return self._image_features(pixel_values)
 
     def _image_features(self, pixel_values: torch.FloatTensor) -> CATSegImageFeatures:
