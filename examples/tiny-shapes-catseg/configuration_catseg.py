@@ -304,5 +304,27 @@ def _clip_config_for(variant: str) -> CLIPConfig:
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
 
 
+def released_variant(config: Any) -> str | None:
+    """`"base"` or `"large"` when `config` has the geometry of that released model (CLIP towers' widths and depths,
+    patch size, CLIP resolution), else None. Weights are not inspected."""
+    try:
+        vision, text = config.clip_config.vision_config, config.clip_config.text_config
+        geometry = (vision.hidden_size, vision.num_hidden_layers, vision.patch_size, text.hidden_size, config.clip_resolution)
+    except AttributeError:
+        return None
+    for variant, values in PRESETS.items():
+        preset_clip = _clip_config_for(variant)
+        preset_vision, preset_text = preset_clip.vision_config, preset_clip.text_config
+        reference = (
+            preset_vision.hidden_size,
+            preset_vision.num_hidden_layers,
+            preset_vision.patch_size,
+            preset_text.hidden_size,
+            values["clip_resolution"],
+        )
+        if geometry == reference:
+            return variant
+    return None
 
-__all__ = ["CATSegConfig", "CLIP_FINETUNE_MODES", "LEGACY_PREPROCESSING_KEYS", "PRESETS"]
+
+__all__ = ["CATSegConfig", "CLIP_FINETUNE_MODES", "LEGACY_PREPROCESSING_KEYS", "PRESETS", "released_variant"]

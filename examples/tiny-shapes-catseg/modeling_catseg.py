@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +12,18 @@ from torch import nn
 from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
+from .catseg_kernels import (
+    decoder_classes_per_chunk,
+    inference_aggregation,
+    inference_image_features,
+    use_inference_kernels,
+)
 from .configuration_catseg import CATSegConfig
 
 # Value the reference gives to classes dropped by the top-k class selection; sigmoid(-100) is exactly 0 in float32.
@@ -25,15 +33,30 @@ SHIFTED_WINDOW_MASK_VALUE = -100.0
 
 
 @dataclass
-class CATSegImageFeatures(ModelOutput):
+class CATSegImageFeatures(BaseModelOutputWithPooling):
     """
-    Image-side features of CAT-Seg.
+    Image-side features of CAT-Seg, as returned by [`CATSegForSemanticSegmentation.get_image_features`]: a
+    `BaseModelOutputWithPooling` (as CLIP's `get_image_features`) with CAT-Seg's dense fields.
 
     Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + h * w, width)`):
+            Output of the last CLIP vision block, run in CAT-Seg's dense mode (class token first), before the
+            post-LayerNorm: the vision tower's last hidden state, as in CLIP's `get_image_features`.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            The class token of `dense_embeddings` (post-LayerNorm and visual projection of the class token of
+            `last_hidden_state`, as in CLIP's `get_image_features`).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The input embeddings and the outputs of the standard CLIP vision blocks (all but the last, which runs in
+            dense mode and gives `last_hidden_state`), each `(batch_size, 1 + h * w, width)`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            Attention weights of those blocks, each `(batch_size, num_heads, 1 + h * w, 1 + h * w)` (eager attention
+            only, as in CLIP).
         dense_embeddings (`torch.FloatTensor` of shape `(batch_size, 1 + h * w, projection_dim)`):
-            Dense CLIP embeddings (class token first) from the modified last vision block, post-LayerNorm and projection.
+            Dense CLIP embeddings (class token first): the post-LayerNorm and the visual projection applied to every
+            token of `last_hidden_state`.
         image_embeddings (`torch.FloatTensor` of shape `(batch_size, projection_dim, h, w)`):
-            The same without the class token, as a feature map: the appearance guidance and the cost volume's image side.
+            `dense_embeddings` without the class token, as a feature map: the appearance guidance and the cost
+            volume's image side.
         guidance_taps (`tuple(torch.FloatTensor)`):
             Outputs of the CLIP vision blocks named by `config.guidance_layer_indices`, each `(batch_size, 1 + h*w, width)`.
         decoder_guidance (`tuple(torch.FloatTensor)`):
@@ -48,86 +71,58 @@ class CATSegImageFeatures(ModelOutput):
 
 
 @dataclass
-class CATSegOutput(ModelOutput):
+class CATSegSemanticSegmenterOutput(ModelOutput):
     """
-    Output of [`CATSegModel`].
+    Output of [`CATSegForSemanticSegmentation`].
+
+    `N` is the number of images, `V` the number of views of a sliding-window image (its tiles and the global view,
+    last), `T` the number of classes, `P` the number of prompt templates and `h, w` the CLIP patch grid.
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
             Binary cross-entropy between the logits (resized to the label size) and one-hot labels over all classes.
-        logits (`torch.FloatTensor` of shape `(num_views, num_classes, 4h, 4w)`):
+        logits (`torch.FloatTensor` of shape `(N, T, 4h, 4w)` for whole images or `(N, V, T, 4h, 4w)` for sliding-window views):
             Per-class segmentation logits (96x96 for the released models). With more classes than `config.pad_len`,
             the classes not kept by the top-k selection have logit exactly -100 in that view.
-        class_embeddings (`torch.FloatTensor` of shape `(num_classes, num_templates, projection_dim)`):
-            The L2-normalised class text embeddings that were used.
-        cost_volume (`torch.FloatTensor` of shape `(num_views, num_templates, num_classes, h, w)`, *optional*):
+        class_embeddings (`torch.FloatTensor` of shape `(T, P, C)`, *optional*):
+            The L2-normalised class text embeddings that were used (returned with `output_intermediates=True`; they
+            are per vocabulary, not per image, so they are not part of the default output, whose dim 0 is the image).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            Hidden states of the CLIP vision tower (see [`CATSegImageFeatures`]), one row per view (`N * V` rows for
+            sliding-window inputs).
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            Attention weights of the CLIP vision tower (eager attention), one row per view.
+        cost_volume (`torch.FloatTensor` of shape `(N, [V,] P, T, h, w)`, *optional*):
             Cosine similarities between dense image embeddings and class embeddings, over all classes (returned with
             `output_intermediates=True`).
         image_features ([`CATSegImageFeatures`], *optional*):
-            Image-side intermediates (returned with `output_intermediates=True`).
-        selected_classes (`torch.LongTensor` of shape `(num_views, pad_len)`, *optional*):
+            Image-side intermediates, one row per view (returned with `output_intermediates=True`).
+        selected_classes (`torch.LongTensor` of shape `(N, [V,] pad_len)`, *optional*):
             Ids of the classes each view aggregated, when there were more than `config.pad_len` classes.
-        original_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
-            Passed through from the processor for post-processing.
-        view_layout (`torch.LongTensor` of shape `(batch_size, 4)`, *optional*):
-            Passed through from the processor for post-processing (sliding-window layout, zeros for whole images).
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     class_embeddings: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     cost_volume: torch.FloatTensor | None = None
     image_features: CATSegImageFeatures | None = None
     selected_classes: torch.LongTensor | None = None
-    original_sizes: torch.LongTensor | None = None
-    view_layout: torch.LongTensor | None = None
+
+
+# The name of this output before `CATSegForSemanticSegmentation`; kept for code written against it.
+CATSegOutput = CATSegSemanticSegmenterOutput
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Layout: inside the aggregator the cost embedding is kept channels-last, (B, T, H, W, C), so that the per-class
 # spatial blocks see (B*T, H, W, C) and the per-pixel class attention sees (B, T, H*W, C) without copies.
-# Guidance enters queries/keys through a concatenation in the reference; since a linear layer of a concatenation
-# is the sum of linear layers of the parts, the guidance part is computed once per image (or per class) and
-# broadcast instead of being repeated for every class (or pixel).
+#
+# Every block below is the paper's computation. Without gradients on CPU the aggregator and `get_image_features` run
+# the same computation through `catseg_kernels` instead (tiles, in place; see that module), chosen in one place:
+# `use_inference_kernels`.
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-# Inference runs the aggregator in tiles (gradient-free only; training keeps whole-tensor ops for autograd); the sizes
-# below apply on CPU, accelerators keep `config.class_chunk_size` chunks. Two effects make tiles faster on CPU: a
-# tile's intermediates stay in cache from one op to the next, and temporaries stay below glibc's mmap threshold
-# (32 MB at most), so they reuse freed heap memory instead of being mapped afresh: a fresh 57 MB tensor costs ~14k
-# page faults, ten times the time of writing it. Tiles never change a result beyond float32 rounding of differently
-# shaped matrix products.
-# Tokens per tile of the residual MLPs (the 4x-wide hidden activations of a tile stay in cache).
-MLP_TOKENS_PER_TILE = 4096
-# Class-map tokens (classes x H x W) per tile of the Swin blocks: 8 classes at 24x24.
-SWIN_TOKENS_PER_TILE = 8 * 24 * 24
-# Class tokens (classes x pixels) per tile of the class aggregation.
-CLASS_AGGREGATION_TOKENS_PER_TILE = 8192
-# Output pixels (classes x 4H x 4W) that go through the upsampling decoder together: 8 classes at 96x96.
-DECODER_OUTPUT_PIXELS_PER_TILE = 8 * 96 * 96
-
-
-def _inference_mlp(mlp: Mlp, tokens: torch.Tensor) -> torch.Tensor:
-    """timm's `Mlp` without gradients: its dropouts are inactive and its norm is the identity, and a ReLU can act in
-    place on the hidden activations instead of allocating another 4x-wide tensor."""
-    hidden = mlp.fc1(tokens)
-    hidden = hidden.relu_() if isinstance(mlp.act, nn.ReLU) else mlp.act(hidden)
-    return mlp.fc2(mlp.norm(hidden))
-
-
-def residual_mlp(hidden: torch.Tensor, norm: nn.Module, mlp: Mlp) -> torch.Tensor:
-    """`hidden + mlp(norm(hidden))` over the last dimension, tiled over tokens when no gradient is needed."""
-    if torch.is_grad_enabled() or mlp.training:
-        return hidden + mlp(norm(hidden))
-    tokens = hidden.reshape(-1, hidden.shape[-1])
-    if tokens.shape[0] <= MLP_TOKENS_PER_TILE or tokens.device.type != "cpu":
-        return hidden + _inference_mlp(mlp, norm(hidden))
-    output = torch.empty_like(tokens)
-    for start in range(0, tokens.shape[0], MLP_TOKENS_PER_TILE):
-        tile = tokens[start : start + MLP_TOKENS_PER_TILE]
-        torch.add(tile, _inference_mlp(mlp, norm(tile)), out=output[start : start + MLP_TOKENS_PER_TILE])
-    return output.view(hidden.shape)
 
 
 def _chunk_slices(length: int, chunk_size: int) -> list[slice]:
@@ -140,20 +135,6 @@ def _chunk_slices(length: int, chunk_size: int) -> list[slice]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Spatial aggregation: Swin blocks over the cost embedding of each class, guided by the dense image embeddings
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def fused_guided_projection(
-    query: nn.Linear, key: nn.Linear, value: nn.Linear, guidance: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """For the tiled inference paths, where queries and keys act on `[token ; guidance]` and values on the token:
-    the token-part weights of query, key and value stacked `(3 * dim, dim)` for one matrix product, and the terms
-    that do not depend on the token (guidance parts of query and key, the three biases) `(..., 3 * dim)`."""
-    dim = value.in_features
-    query_term = F.linear(guidance, query.weight[:, dim:], query.bias)
-    key_term = F.linear(guidance, key.weight[:, dim:], key.bias)
-    terms = torch.cat([query_term, key_term, value.bias.expand_as(query_term)], dim=-1)
-    weight = torch.cat([query.weight[:, :dim], key.weight[:, :dim], value.weight])
-    return weight, terms
 
 
 def shifted_window_attention_mask(
@@ -176,8 +157,7 @@ def shifted_window_attention_mask(
 class CATSegWindowAttention(nn.Module):
     """Window self-attention whose queries and keys also see the appearance guidance; values are the tokens alone.
 
-    `query`/`key` act on `[token ; guidance]` (as stored in the checkpoints); the guidance half is applied once per
-    image by `guidance_terms`.
+    `query`/`key` act on `[token ; guidance]`, as the checkpoints store them.
     """
 
     def __init__(self, dim: int, guidance_dim: int, num_heads: int):
@@ -191,89 +171,38 @@ class CATSegWindowAttention(nn.Module):
         self.value = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
-    def guidance_terms(self, guidance_windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The guidance's contribution to queries and keys, `(B, 1, windows, tokens, dim)` each, from guidance already
-        cut into windows `(B, windows, tokens, G)`."""
-        query = F.linear(guidance_windows, self.query.weight[:, self.dim :]).unsqueeze(1)
-        key = F.linear(guidance_windows, self.key.weight[:, self.dim :]).unsqueeze(1)
-        return query, key
-
-    def projection_terms(self, guidance_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`fused_guided_projection` for guidance tokens `(B, N, G)` in window order: terms `(B, N, 3 * dim)`."""
-        return fused_guided_projection(self.query, self.key, self.value, guidance_tokens)
-
-    def attend_tile(
-        self,
-        normed: torch.Tensor,
-        weight: torch.Tensor,
-        terms: torch.Tensor,
-        window_tokens: int,
-        attention_bias: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Tiled inference path: `normed` (n, N, dim) normalised tokens of n class maps in window order, `terms`
-        (N, 3 * dim) of their image, `attention_bias` (n * num_windows, 1, t, t) or None. Returns the projected
-        attention output (n, N, dim)."""
-        num_maps, num_tokens, _ = normed.shape
-        qkv = F.linear(normed, weight).add_(terms)
-        qkv = qkv.view(-1, window_tokens, 3, self.num_heads, self.head_dim)
-        query, key, value = (part.transpose(1, 2) for part in qkv.unbind(2))
-        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_bias, scale=self.scale)
-        attended = attended.transpose(1, 2).reshape(num_maps * num_tokens, self.dim)
-        return torch.addmm(self.proj.bias, attended, self.proj.weight.t()).view(num_maps, num_tokens, self.dim)
-
     def forward(
-        self, windows: torch.Tensor, guidance_terms: tuple[torch.Tensor, torch.Tensor], attention_bias: torch.Tensor | None
+        self, windows: torch.Tensor, guidance_windows: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """`windows` (B, T, num_windows, tokens, dim): normalised tokens cut into windows; `attention_bias`
-        (num_windows, tokens, tokens) for shifted windows. Returns the projected attention output, same shape."""
+        """
+        Args:
+            windows: `(B, T, num_windows, t, dim)`, the normalised tokens of the T class maps of each image, cut into
+                windows of t tokens.
+            guidance_windows: `(B, num_windows, t, G)`, the image's guidance cut into the same windows.
+            attention_mask: `(num_windows, t, t)` additive mask of shifted windows, or None.
+
+        Returns:
+            The projected attention output, `(B, T, num_windows, t, dim)`.
+        """
         batch, num_classes, num_windows, tokens, _ = windows.shape
-        query = F.linear(windows, self.query.weight[:, : self.dim], self.query.bias) + guidance_terms[0]
-        key = F.linear(windows, self.key.weight[:, : self.dim], self.key.bias) + guidance_terms[1]
+        # W [x ; g] + b = W_x x + W_g g + b: the guidance half is the same for the T class maps of an image, so it is
+        # computed once per image and broadcast over the classes.
+        query_guidance = F.linear(guidance_windows, self.query.weight[:, self.dim :]).unsqueeze(1)
+        key_guidance = F.linear(guidance_windows, self.key.weight[:, self.dim :]).unsqueeze(1)
+        query = F.linear(windows, self.query.weight[:, : self.dim], self.query.bias) + query_guidance
+        key = F.linear(windows, self.key.weight[:, : self.dim], self.key.bias) + key_guidance
         value = self.value(windows)
-        heads = (-1, tokens, self.num_heads, self.head_dim)
-        if attention_bias is not None:
-            attention_bias = (
-                attention_bias.to(query.dtype)
-                .unsqueeze(1)
-                .expand(batch * num_classes, num_windows, 1, tokens, tokens)
-                .reshape(-1, 1, tokens, tokens)
-            )
+        heads = (-1, tokens, self.num_heads, self.head_dim)  # (B * T * num_windows, t, heads, head_dim)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(query.dtype).repeat(batch * num_classes, 1, 1).unsqueeze(1)
         attended = F.scaled_dot_product_attention(
             query.view(heads).transpose(1, 2),
             key.view(heads).transpose(1, 2),
             value.view(heads).transpose(1, 2),
-            attn_mask=attention_bias,
+            attn_mask=attention_mask,
             scale=self.scale,
         )
-        attended = attended.transpose(1, 2).reshape(windows.shape)
-        return self.proj(attended)
-
-
-def _cut_windows(tensor: torch.Tensor, window_size: int, shift_size: int) -> torch.Tensor:
-    """(N, H, W, C) -> (N, windows, window_size**2, C), after the cyclic shift of shifted windows."""
-    if shift_size:
-        tensor = torch.roll(tensor, shifts=(-shift_size, -shift_size), dims=(1, 2))
-    windows = window_partition(tensor, (window_size, window_size))
-    return windows.view(tensor.shape[0], -1, window_size * window_size, tensor.shape[-1])
-
-
-def _merge_windows(windows: torch.Tensor, window_size: int, shift_size: int, height: int, width: int) -> torch.Tensor:
-    """Inverse of `_cut_windows`: (N, windows, window_size**2, C) -> (N, H, W, C)."""
-    merged = window_reverse(windows.reshape(-1, window_size, window_size, windows.shape[-1]), (window_size, window_size), height, width)
-    if shift_size:
-        merged = torch.roll(merged, shifts=(shift_size, shift_size), dims=(1, 2))
-    return merged
-
-
-class SwinTilePlan(NamedTuple):
-    """Per image batch and Swin block, what the tiles of the gradient-free path share."""
-
-    window_order: torch.Tensor  # raster index of the token at each position of the (shifted) windows, window by window
-    raster_order: torch.Tensor  # its inverse: window-order position of each raster token
-    weight: torch.Tensor  # stacked token-part weights of query, key and value (3 * dim, dim)
-    terms: torch.Tensor  # per image, guidance parts and biases in window order (B, H * W, 3 * dim)
-    window_tokens: int
-    attention_bias: torch.Tensor | None  # shifted-window bias repeated for the largest tile (maps * windows, 1, t, t)
+        return self.proj(attended.transpose(1, 2).reshape(windows.shape))
 
 
 class CATSegSwinBlock(nn.Module):
@@ -290,6 +219,7 @@ class CATSegSwinBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * config.mlp_ratio), act_layer=nn.GELU)
 
     def window_geometry(self, height: int, width: int) -> tuple[int, int]:
+        """`(window_size, shift_size)` on an `height x width` grid."""
         # As in Swin: a window as large as the grid covers it whole and is never shifted.
         if min(height, width) <= self.window_size:
             window_size, shift_size = min(height, width), 0
@@ -302,51 +232,43 @@ class CATSegSwinBlock(nn.Module):
             )
         return window_size, shift_size
 
+    def partition(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`(N, H, W, C)` -> windows `(N, num_windows, window_size**2, C)`, after the cyclic shift of shifted
+        windows."""
+        window_size, shift_size = self.window_geometry(*tensor.shape[1:3])
+        if shift_size:
+            tensor = torch.roll(tensor, shifts=(-shift_size, -shift_size), dims=(1, 2))
+        windows = window_partition(tensor, (window_size, window_size))
+        return windows.view(tensor.shape[0], -1, window_size * window_size, tensor.shape[-1])
+
+    def reverse(self, windows: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Inverse of `partition`: `(N, num_windows, window_size**2, C)` -> `(N, H, W, C)`."""
+        window_size, shift_size = self.window_geometry(height, width)
+        windows = windows.reshape(-1, window_size, window_size, windows.shape[-1])
+        merged = window_reverse(windows, (window_size, window_size), height, width)
+        if shift_size:
+            merged = torch.roll(merged, shifts=(shift_size, shift_size), dims=(1, 2))
+        return merged
+
+    def attention_mask(self, height: int, width: int, device: torch.device) -> torch.Tensor | None:
+        """The shifted-window mask `(num_windows, t, t)` on an `height x width` grid; None for plain windows."""
+        window_size, shift_size = self.window_geometry(height, width)
+        if not shift_size:
+            return None
+        return shifted_window_attention_mask(height, width, window_size, shift_size, device)
+
     def forward(self, hidden: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        # hidden: (B, T, H, W, C); guidance: (B, H, W, G), normalised
+        """`hidden` `(B, T, H, W, C)`: the cost embedding; `guidance` `(B, H, W, G)`: the normalised appearance
+        guidance. Returns `(B, T, H, W, C)`."""
         batch, num_classes, height, width, channels = hidden.shape
-        window_size, shift_size = self.window_geometry(height, width)
-        # Windows are cut from the normalised tokens once (the projections are per token, so they commute with it).
-        windows = _cut_windows(self.norm1(hidden).view(-1, height, width, channels), window_size, shift_size)
-        windows = windows.view(batch, num_classes, *windows.shape[1:])
-        guidance_terms = self.attention.guidance_terms(_cut_windows(guidance, window_size, shift_size))
-        attention_bias = None
-        if shift_size:
-            attention_bias = shifted_window_attention_mask(height, width, window_size, shift_size, hidden.device)
-        attended = self.attention(windows, guidance_terms, attention_bias)
-        attended = _merge_windows(attended.flatten(0, 1), window_size, shift_size, height, width)
-        hidden = hidden + attended.view(hidden.shape)
-        return residual_mlp(hidden, self.norm2, self.mlp)
-
-    def tile_plan(self, guidance: torch.Tensor, max_maps: int) -> SwinTilePlan:
-        """What the tiled inference path shares between the tiles of one image batch, with the shifted-window bias
-        sized for `max_maps` maps."""
-        batch, height, width, _ = guidance.shape
-        window_size, shift_size = self.window_geometry(height, width)
-        raster = torch.arange(height * width, device=guidance.device).view(1, height, width, 1)
-        order = _cut_windows(raster, window_size, shift_size).flatten()
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        weight, terms = self.attention.projection_terms(guidance.reshape(batch, height * width, -1)[:, order])
-        attention_bias = None
-        if shift_size:
-            mask = shifted_window_attention_mask(height, width, window_size, shift_size, guidance.device)
-            attention_bias = mask.to(guidance.dtype).unsqueeze(1).repeat(max_maps, 1, 1, 1)
-        return SwinTilePlan(order, inverse, weight, terms, window_size * window_size, attention_bias)
-
-    def forward_tile(self, maps: torch.Tensor, plan: SwinTilePlan, image: int) -> torch.Tensor:
-        """Tiled inference path: class maps `(n, H*W, C)` of one image (raster order) -> the block's output, same
-        layout."""
-        num_maps = maps.shape[0]
-        tokens = maps.index_select(1, plan.window_order)
-        attention_bias = plan.attention_bias
-        if attention_bias is not None:
-            attention_bias = attention_bias[: num_maps * (maps.shape[1] // plan.window_tokens)]
-        attended = self.attention.attend_tile(
-            self.norm1(tokens), plan.weight, plan.terms[image], plan.window_tokens, attention_bias
+        windows = self.partition(self.norm1(hidden).view(-1, height, width, channels))
+        attended = self.attention(
+            windows.view(batch, num_classes, *windows.shape[1:]),
+            self.partition(guidance),
+            self.attention_mask(height, width, hidden.device),
         )
-        tokens = residual_mlp(attended.add_(tokens), self.norm2, self.mlp)
-        return tokens.index_select(1, plan.raster_order)
+        hidden = hidden + self.reverse(attended.flatten(0, 1), height, width).view(hidden.shape)
+        return hidden + self.mlp(self.norm2(hidden))
 
 
 class CATSegSpatialAggregation(nn.Module):
@@ -358,46 +280,18 @@ class CATSegSpatialAggregation(nn.Module):
         self.guidance_norm = nn.LayerNorm(config.appearance_guidance_proj_dim)
         self.blocks = nn.ModuleList([CATSegSwinBlock(config, shifted=False), CATSegSwinBlock(config, shifted=True)])
 
-    def forward(
-        self, cost_embedding: torch.Tensor, appearance_guidance: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """`cost_embedding` (B, T, H, W, C), `appearance_guidance` (B, H, W, G) -> (B, T, H, W, C).
-
-        Without gradients the classes go through in tiles written into `out` (a new tensor by default; it may be
-        `cost_embedding` itself, which the aggregator uses to update its own buffer in place)."""
+    def forward(self, cost_embedding: torch.Tensor, appearance_guidance: torch.Tensor) -> torch.Tensor:
+        """`cost_embedding` `(B, T, H, W, C)`, `appearance_guidance` `(B, H, W, G)` -> `(B, T, H, W, C)`."""
         guidance = self.guidance_norm(appearance_guidance)
-        if not torch.is_grad_enabled():
-            return self._forward_tiled(cost_embedding, guidance, out)
         chunks = []
-        # Classes never interact here: chunking bounds the memory of the attention and MLP intermediates.
+        # Classes never interact here: chunks of `config.class_chunk_size` classes bound the memory of the attention
+        # and MLP intermediates.
         for chunk in _chunk_slices(cost_embedding.shape[1], self.class_chunk_size):
             hidden = cost_embedding[:, chunk]
             for block in self.blocks:
                 hidden = block(hidden, guidance)
             chunks.append(hidden)
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
-
-    def _forward_tiled(
-        self, cost_embedding: torch.Tensor, guidance: torch.Tensor, out: torch.Tensor | None
-    ) -> torch.Tensor:
-        batch, num_classes, height, width, channels = cost_embedding.shape
-        # Small tiles are for CPU caches; an accelerator keeps the configured chunks (few, large kernels).
-        maps_per_tile = num_classes if self.class_chunk_size <= 0 else self.class_chunk_size
-        if cost_embedding.device.type == "cpu":
-            maps_per_tile = min(maps_per_tile, max(1, SWIN_TOKENS_PER_TILE // (height * width)))
-        maps_per_tile = min(maps_per_tile, num_classes)
-        plans = [block.tile_plan(guidance, maps_per_tile) for block in self.blocks]
-        if out is None:
-            out = torch.empty(cost_embedding.shape, dtype=cost_embedding.dtype, device=cost_embedding.device)
-        inputs = cost_embedding.reshape(batch, num_classes, height * width, channels)
-        outputs = out.view(batch, num_classes, height * width, channels)
-        for image in range(batch):
-            for chunk in _chunk_slices(num_classes, maps_per_tile):
-                maps = inputs[image, chunk]
-                for block, plan in zip(self.blocks, plans):
-                    maps = block.forward_tile(maps, plan, image)
-                outputs[image, chunk] = maps
-        return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -409,7 +303,7 @@ class CATSegLinearAttention(nn.Module):
     """Multi-head linear attention ("Transformers are RNNs", elu + 1 feature map) without output projection.
 
     There is no positional information, so the result is invariant to the order of the classes. `query`/`key` act
-    on `[token ; text guidance]` as stored in the checkpoints; the guidance half is applied once per class.
+    on `[token ; text guidance]`, as the checkpoints store them.
     """
 
     def __init__(self, dim: int, guidance_dim: int, num_heads: int, eps: float):
@@ -424,8 +318,10 @@ class CATSegLinearAttention(nn.Module):
     def project(self, tokens: torch.Tensor, guidance: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Feature-mapped queries and keys and the values, each `(..., heads, head_dim)`.
 
-        `tokens` (..., T, P, dim) with guidance (..., T, G) shared by the P pixels, or `tokens` (dim,) with
-        guidance (G,) for a single vector."""
+        `tokens` `(..., T, P, dim)` with guidance `(..., T, G)` shared by the P pixels, or `tokens` `(dim,)` with
+        guidance `(G,)` for a single vector."""
+        # W [x ; g] + b = W_x x + W_g g + b: the guidance half is the same at every pixel, so it is computed once per
+        # class and broadcast over the pixels.
         query_guidance = F.linear(guidance, self.query.weight[:, self.dim :])
         key_guidance = F.linear(guidance, self.key.weight[:, self.dim :])
         if tokens.dim() > 1:
@@ -433,67 +329,38 @@ class CATSegLinearAttention(nn.Module):
         split = (*tokens.shape[:-1], self.num_heads, -1)
         query = F.linear(tokens, self.query.weight[:, : self.dim], self.query.bias) + query_guidance
         key = F.linear(tokens, self.key.weight[:, : self.dim], self.key.bias) + key_guidance
-        query = F.elu(query).add_(1.0).view(split)
-        key = F.elu(key).add_(1.0).view(split)
+        query = (F.elu(query) + 1.0).view(split)
+        key = (F.elu(key) + 1.0).view(split)
         return query, key, self.value(tokens).view(split)
 
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        guidance: torch.Tensor,
-        extra_key_value: torch.Tensor | None = None,
-        extra_key_sum: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Attends over the classes of `tokens` (B, T, P, dim) separately at each of the P pixels; `guidance` is
-        (B, T, G).
-
-        `extra_key_value` (heads, head_dim, head_dim) and `extra_key_sum` (heads, head_dim) are the summed
-        contributions of further keys/values that are the same at every pixel (the class padding), added exactly.
-        """
-        query, key, value = self.project(tokens, guidance)
-        return self._attend(query, key, value, extra_key_value, extra_key_sum)
-
-    def _attend(
+    def attend(
         self,
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        extra_key_value: torch.Tensor | None,
-        extra_key_sum: torch.Tensor | None,
+        padding: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Feature-mapped `query`/`key` and `value` (B, T, P, heads, head_dim) -> attended (B, T, P, dim)."""
+        """Feature-mapped `query`/`key` and `value` `(B, T, P, heads, head_dim)` -> attended `(B, T, P, dim)`:
+        `q_t · (sum_s k_s v_s^T) / (q_t · sum_s k_s + eps)` over the classes s at each pixel.
+
+        `padding`: `(key_value (heads, head_dim, head_dim), key_sum (heads, head_dim))`, the summed contributions of
+        further keys/values that are the same at every pixel (the class padding), added exactly."""
         key_value = torch.einsum("btphd,btphe->bphde", key, value)
         key_sum = key.sum(dim=1)
-        if extra_key_value is not None:
-            key_value = key_value + extra_key_value
-            key_sum = key_sum + extra_key_sum
-        normaliser = torch.einsum("btphd,bphd->btph", query, key_sum).add_(self.eps)
+        if padding is not None:
+            key_value = key_value + padding[0]
+            key_sum = key_sum + padding[1]
+        normaliser = torch.einsum("btphd,bphd->btph", query, key_sum) + self.eps
         attended = torch.einsum("btphd,bphde->btphe", query, key_value) / normaliser.unsqueeze(-1)
         return attended.flatten(-2)
 
-    def projection_terms(self, guidance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`fused_guided_projection` for per-class guidance `(B, T, G)`: terms `(B, T, 1, 3 * dim)`, shared by the
-        pixels."""
-        weight, terms = fused_guided_projection(self.query, self.key, self.value, guidance)
-        return weight, terms.unsqueeze(-2)
-
-    def attend_tile(
-        self,
-        normed: torch.Tensor,
-        weight: torch.Tensor,
-        terms: torch.Tensor,
-        extra_key_value: torch.Tensor | None,
-        extra_key_sum: torch.Tensor | None,
+    def forward(
+        self, tokens: torch.Tensor, guidance: torch.Tensor, padding: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        """Tiled inference path: `normed` (T, p, dim) normalised tokens of one image at p pixels, with `weight`
-        (3 * dim, dim) and that image's `terms` (T, 1, 3 * dim) from `projection_terms`. Returns (T, p, dim)."""
-        num_classes, num_pixels, dim = normed.shape
-        qkv = F.linear(normed, weight).add_(terms)
-        split = (1, num_classes, num_pixels, self.num_heads, -1)
-        query_key = F.elu(qkv[..., : 2 * dim]).add_(1.0)
-        query, key = query_key[..., :dim].view(split), query_key[..., dim:].view(split)
-        value = qkv[..., 2 * dim :].reshape(split)
-        return self._attend(query, key, value, extra_key_value, extra_key_sum)[0]
+        """Attends over the classes of `tokens` `(B, T, P, dim)` separately at each of the P pixels; `guidance` is
+        `(B, T, G)`, `padding` as in `attend`."""
+        query, key, value = self.project(tokens, guidance)
+        return self.attend(query, key, value, padding)
 
 
 class CATSegClassAggregation(nn.Module):
@@ -518,75 +385,46 @@ class CATSegClassAggregation(nn.Module):
         self.padding_token = nn.Parameter(torch.zeros(dim))
         self.padding_guidance = nn.Parameter(torch.zeros(config.text_guidance_proj_dim))
 
-    def padding_contribution(self, num_padding: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed key-value outer products and key sums of `num_padding` identical padding tokens."""
+    def padding_contribution(self, num_padding: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Summed key-value outer products `(heads, head_dim, head_dim)` and key sums `(heads, head_dim)` of
+        `num_padding` identical padding tokens; None without padding."""
+        if num_padding <= 0:
+            return None
         _, key, value = self.attention.project(self.norm1(self.padding_token), self.padding_guidance)
-        key_value = torch.einsum("hd,he->hde", key, value) * num_padding
-        return key_value, key * num_padding
+        return torch.einsum("hd,he->hde", key, value) * num_padding, key * num_padding
+
+    @staticmethod
+    def pool(cost_embedding: torch.Tensor, pooling_size: tuple[int, int]) -> torch.Tensor:
+        """Average pooling of `(B, T, H, W, C)` over the grid -> `(B, T, H / ph, W / pw, C)`."""
+        if tuple(pooling_size) == (1, 1):
+            return cost_embedding
+        batch, num_classes, height, width, channels = cost_embedding.shape
+        pooled = cost_embedding.permute(0, 1, 4, 2, 3).reshape(batch * num_classes, channels, height, width)
+        pooled = F.avg_pool2d(pooled, pooling_size)
+        return pooled.view(batch, num_classes, channels, *pooled.shape[-2:]).permute(0, 1, 3, 4, 2)
+
+    @staticmethod
+    def unpool(aggregated: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Bilinear resize (corners aligned, as in the reference) of `(B, T, h, w, C)` -> `(B, T, *size, C)`."""
+        batch, num_classes, height, width, channels = aggregated.shape
+        if (height, width) == tuple(size):
+            return aggregated
+        aggregated = aggregated.permute(0, 1, 4, 2, 3).reshape(batch * num_classes, channels, height, width)
+        aggregated = F.interpolate(aggregated, size=tuple(size), mode="bilinear", align_corners=True)
+        return aggregated.view(batch, num_classes, channels, *size).permute(0, 1, 3, 4, 2)
 
     def forward(
-        self,
-        cost_embedding: torch.Tensor,
-        text_guidance: torch.Tensor,
-        pooling_size: tuple[int, int],
-        out: torch.Tensor | None = None,
+        self, cost_embedding: torch.Tensor, text_guidance: torch.Tensor, pooling_size: tuple[int, int]
     ) -> torch.Tensor:
-        """`cost_embedding` (B, T, H, W, C), `text_guidance` (B, T, G) -> (B, T, H, W, C).
-
-        Without gradients and without pooling the pixels go through in tiles written into `out` (a new tensor by
-        default; it may be `cost_embedding` itself)."""
+        """`cost_embedding` `(B, T, H, W, C)`, `text_guidance` `(B, T, G)` -> `(B, T, H, W, C)`."""
         batch, num_classes, height, width, channels = cost_embedding.shape
-        if not torch.is_grad_enabled() and tuple(pooling_size) == (1, 1):
-            return self._forward_tiled(cost_embedding, text_guidance, out)
-        pooled = cost_embedding
-        if tuple(pooling_size) != (1, 1):
-            pooled = cost_embedding.permute(0, 1, 4, 2, 3).reshape(batch * num_classes, channels, height, width)
-            pooled = F.avg_pool2d(pooled, pooling_size)
-            pooled = pooled.view(batch, num_classes, channels, *pooled.shape[-2:]).permute(0, 1, 3, 4, 2)
-        pooled_height, pooled_width = pooled.shape[2:4]
-        tokens = pooled.reshape(batch, num_classes, pooled_height * pooled_width, channels)
-
-        extra_key_value = extra_key_sum = None
-        num_padding = self.pad_len - num_classes
-        if num_padding > 0:
-            extra_key_value, extra_key_sum = self.padding_contribution(num_padding)
-        tokens = tokens + self.attention(self.norm1(tokens), text_guidance, extra_key_value, extra_key_sum)
-        tokens = residual_mlp(tokens, self.norm2, self.mlp)
-
-        aggregated = tokens.view(batch, num_classes, pooled_height, pooled_width, channels)
-        if (pooled_height, pooled_width) != (height, width):
-            aggregated = aggregated.permute(0, 1, 4, 2, 3).reshape(batch * num_classes, channels, pooled_height, pooled_width)
-            aggregated = F.interpolate(aggregated, size=(height, width), mode="bilinear", align_corners=True)
-            aggregated = aggregated.view(batch, num_classes, channels, height, width).permute(0, 1, 3, 4, 2)
-        return cost_embedding + aggregated
-
-    def _forward_tiled(
-        self, cost_embedding: torch.Tensor, text_guidance: torch.Tensor, out: torch.Tensor | None
-    ) -> torch.Tensor:
-        batch, num_classes, height, width, channels = cost_embedding.shape
-        num_pixels = height * width
-        pixels_per_tile = num_pixels
-        if cost_embedding.device.type == "cpu":
-            pixels_per_tile = max(1, CLASS_AGGREGATION_TOKENS_PER_TILE // num_classes)
-        extra_key_value = extra_key_sum = None
-        num_padding = self.pad_len - num_classes
-        if num_padding > 0:
-            extra_key_value, extra_key_sum = self.padding_contribution(num_padding)
-        weight, terms = self.attention.projection_terms(text_guidance)
-        if out is None:
-            out = torch.empty(cost_embedding.shape, dtype=cost_embedding.dtype, device=cost_embedding.device)
-        inputs = cost_embedding.reshape(batch, num_classes, num_pixels, channels)
-        outputs = out.view(batch, num_classes, num_pixels, channels)
-        for image in range(batch):
-            for pixels in _chunk_slices(num_pixels, pixels_per_tile):
-                tokens = inputs[image, :, pixels].contiguous()
-                attended = self.attention.attend_tile(
-                    self.norm1(tokens), weight, terms[image], extra_key_value, extra_key_sum
-                )
-                hidden = residual_mlp(attended.add_(tokens), self.norm2, self.mlp)
-                # The layer's output is its input plus the (unpooled) aggregated tokens, as in the pooled path.
-                outputs[image, :, pixels] = hidden.add_(tokens)
-        return out
+        pooled = self.pool(cost_embedding, pooling_size)
+        tokens = pooled.reshape(batch, num_classes, -1, channels)  # (B, T, P, C): a class sequence at every pixel
+        padding = self.padding_contribution(self.pad_len - num_classes)
+        tokens = tokens + self.attention(self.norm1(tokens), text_guidance, padding)
+        tokens = tokens + self.mlp(self.norm2(tokens))
+        # The layer's output is added to its input once more, at full resolution, as in the reference.
+        return cost_embedding + self.unpool(tokens.view(pooled.shape), (height, width))
 
 
 class CATSegAggregationLayer(GradientCheckpointingLayer):
@@ -603,11 +441,10 @@ class CATSegAggregationLayer(GradientCheckpointingLayer):
         appearance_guidance: torch.Tensor,
         text_guidance: torch.Tensor,
         pooling_size: tuple[int, int],
-        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`out`: where the gradient-free tiled paths write (may be `cost_embedding` itself, updated in place)."""
-        cost_embedding = self.spatial_aggregation(cost_embedding, appearance_guidance, out=out)
-        return self.class_aggregation(cost_embedding, text_guidance, pooling_size, out=out)
+        """`cost_embedding` `(B, T, H, W, C)`, `appearance_guidance` `(B, H, W, G)`, `text_guidance` `(B, T, G)`."""
+        cost_embedding = self.spatial_aggregation(cost_embedding, appearance_guidance)
+        return self.class_aggregation(cost_embedding, text_guidance, pooling_size)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -619,7 +456,8 @@ class CATSegUpsampleStage(nn.Module):
     """x2 transposed convolution, concatenation with the (projected) CLIP guidance, two conv-GroupNorm-ReLU.
 
     The first convolution of the concatenation is computed as the sum of its feature part (per class) and its
-    guidance part (once per image), which is the same linear map without repeating the guidance for every class.
+    guidance part (`guidance_term`, once per image), which is the same linear map without repeating the guidance for
+    every class.
     """
 
     def __init__(self, in_channels: int, out_channels: int, guidance_channels: int):
@@ -636,14 +474,14 @@ class CATSegUpsampleStage(nn.Module):
         )
 
     def guidance_term(self, guidance: torch.Tensor) -> torch.Tensor:
-        """The guidance part of the first convolution, `(B, 1, out, 2H, 2W)` in channels-last memory layout, from
-        guidance `(B, G, 2H, 2W)`."""
+        """The guidance part of the first convolution, `(B, 1, out, 2H, 2W)`, from guidance `(B, G, 2H, 2W)`."""
         term = F.conv2d(guidance, self.convs[0].weight[:, self.feature_channels :], padding=1)
         return term.contiguous(memory_format=torch.channels_last).unsqueeze(1)
 
     def forward(self, features: torch.Tensor, guidance_term: torch.Tensor) -> torch.Tensor:
-        # features: (B, T, C, H, W) -> (B, T, out, 2H, 2W). The stage runs in channels-last memory layout, where
-        # oneDNN's convolutions with these few channels are 1.4-2.4x faster than on NCHW tensors.
+        """`features` `(B, T, C, H, W)` -> `(B, T, out, 2H, 2W)`."""
+        # The stage runs in channels-last memory layout, the cost embedding's own, where the convolutions with these
+        # few channels are fastest on CPU (docs/performance-notes.md).
         batch, num_classes = features.shape[:2]
         upsampled = self.upsample(features.flatten(0, 1).contiguous(memory_format=torch.channels_last))
         hidden = F.conv2d(upsampled, self.convs[0].weight[:, : self.feature_channels], padding=1)
@@ -707,28 +545,28 @@ class CATSegAggregator(nn.Module):
         selected = highest_cost.topk(self.config.pad_len, dim=-1).indices
         return selected.sort(dim=-1).values
 
-    def decode(self, cost_embedding: torch.Tensor, decoder_guidance: list[torch.Tensor]) -> torch.Tensor:
-        """Upsampling decoder and head, per class: (B, T, H, W, C) -> (B, T, 4H, 4W) logits.
+    def decode(
+        self,
+        cost_embedding: torch.Tensor,
+        decoder_guidance: list[torch.Tensor],
+        classes_per_chunk: int | None = None,
+    ) -> torch.Tensor:
+        """Upsampling decoder and head, per class: `(B, T, H, W, C)` -> `(B, T, 4H, 4W)` logits.
 
-        Classes go through in chunks of at most `config.class_chunk_size`, which bounds memory. On CPU the chunks are
-        smaller still (`DECODER_OUTPUT_PIXELS_PER_TILE`): tiles of 8 classes at the 96x96 output made the decoder
-        1.5x faster here than tiles of 64, as a tile's activations stay in cache from one convolution to the next."""
-        guidance_terms = [
-            stage.guidance_term(projection(guidance))
-            for stage, projection, guidance in zip(self.decoder_stages, self.decoder_guidance_projections, decoder_guidance)
-        ]
-        batch, num_classes, height, width = cost_embedding.shape[:4]
-        classes_per_tile = self.config.class_chunk_size
-        if cost_embedding.device.type == "cpu":
-            cache_tile = max(1, DECODER_OUTPUT_PIXELS_PER_TILE // (batch * 16 * height * width))
-            classes_per_tile = cache_tile if classes_per_tile <= 0 else min(classes_per_tile, cache_tile)
+        Classes never interact here: they go through in chunks of `classes_per_chunk` classes (`<= 0`: all at once),
+        which bounds memory; by default `config.class_chunk_size`, less on CPU (`decoder_classes_per_chunk`)."""
+        if classes_per_chunk is None:
+            classes_per_chunk = decoder_classes_per_chunk(cost_embedding, self.config.class_chunk_size)
+        stages = zip(self.decoder_stages, self.decoder_guidance_projections, decoder_guidance)
+        guidance_terms = [stage.guidance_term(projection(guidance)) for stage, projection, guidance in stages]
+        batch, num_classes = cost_embedding.shape[:2]
         logits = []
-        for chunk in _chunk_slices(num_classes, classes_per_tile):
+        for chunk in _chunk_slices(num_classes, classes_per_chunk):
             features = cost_embedding[:, chunk].permute(0, 1, 4, 2, 3)
             for stage, guidance_term in zip(self.decoder_stages, guidance_terms):
                 features = stage(features, guidance_term)
-            tile_logits = self.head(features.flatten(0, 1))
-            logits.append(tile_logits.view(batch, features.shape[1], *features.shape[-2:]))
+            chunk_logits = self.head(features.flatten(0, 1))
+            logits.append(chunk_logits.view(batch, features.shape[1], *features.shape[-2:]))
         return logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)
 
     def forward(
@@ -764,25 +602,30 @@ class CATSegAggregator(nn.Module):
             )
         kept = cost_volume.shape[2]
 
-        # Each class slice (P templates as channels) is embedded by the same convolution.
-        cost_embedding = self.cost_embedding(cost_volume.transpose(1, 2).reshape(batch * kept, -1, height, width))
+        # Each class slice (P templates as channels) is embedded by the same convolution. The cost volume is float32
+        # (see compute_cost_volume); a model cast to half precision continues in its own dtype from here.
+        cost_slices = cost_volume.transpose(1, 2).reshape(batch * kept, -1, height, width)
+        cost_embedding = self.cost_embedding(cost_slices.to(self.cost_embedding.weight.dtype))
         cost_embedding = cost_embedding.view(batch, kept, -1, height, width).permute(0, 1, 3, 4, 2).contiguous()
 
         appearance_guidance = self.appearance_guidance_projection(image_embeddings).permute(0, 2, 3, 1)
         text_guidance = F.normalize(class_embeddings, dim=-1).mean(dim=2)
         text_guidance = self.text_guidance_projection(text_guidance / text_guidance.norm(dim=-1, keepdim=True))
 
-        # Without gradients the layers update this buffer (which only the aggregator holds) in place, tile by tile.
-        out = None if torch.is_grad_enabled() else cost_embedding
-        for layer in self.layers:
-            cost_embedding = layer(cost_embedding, appearance_guidance, text_guidance, pooling_size, out=out)
+        if use_inference_kernels(cost_embedding):
+            # The same layers as tiles that update `cost_embedding` in place (only this method holds it).
+            cost_embedding = inference_aggregation(
+                self.layers, cost_embedding, appearance_guidance, text_guidance, pooling_size
+            )
+        else:
+            for layer in self.layers:
+                cost_embedding = layer(cost_embedding, appearance_guidance, text_guidance, pooling_size)
         logits = self.decode(cost_embedding, list(decoder_guidance))
 
         if selected is not None:
             full = logits.new_full((batch, num_classes, *logits.shape[-2:]), DROPPED_CLASS_LOGIT)
             logits = full.scatter(1, selected[:, :, None, None].expand_as(logits), logits)
         return logits, selected
-# ----------------------------------------------------------------------------------------------------------------------
 
 
 class CATSegPreTrainedModel(PreTrainedModel):
@@ -794,6 +637,20 @@ class CATSegPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["CLIPEncoderLayer", "CLIPTextEmbeddings", "CLIPVisionEmbeddings", "CATSegAggregationLayer"]
     _supports_sdpa = True
+    _supports_flash_attn = False
+    # What `output_hidden_states` / `output_attentions` return: those of the CLIP vision blocks, captured by
+    # transformers' own output recording (the CLIP towers are CLIP's modules).
+    _can_record_outputs = {"hidden_states": CLIPEncoderLayer, "attentions": CLIPAttention}
+    # The loss is the mean over the pixels and classes of each batch (as in the reference); with gradient
+    # accumulation the Trainer averages the micro-batches' losses.
+    accepts_loss_kwargs = False
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        # `attn_implementation` selects the attention of the CLIP towers, which are CLIP's modules (built on
+        # transformers' AttentionInterface). CAT-Seg's window attention and linear class attention are part of the
+        # algorithm, not interchangeable kernels, and transformers' source heuristic would wrongly refuse the switch.
+        return True
 
     def _init_weights(self, module: nn.Module) -> None:
         # CLIP's own submodules are initialised by CLIPModel's `_init_weights` (transformers dispatches per sub-model).
@@ -814,17 +671,28 @@ class CATSegPreTrainedModel(PreTrainedModel):
             init.zeros_(module.padding_guidance)
 
 
-class CATSegModel(CATSegPreTrainedModel):
+# Both Auto classes are written into saved folders, so that a folder loads through either with
+# `trust_remote_code=True` where catseg_hf is not installed.
+_AUTO_MAP = {
+    "AutoModel": "modeling_catseg.CATSegModel",
+    "AutoModelForSemanticSegmentation": "modeling_catseg.CATSegForSemanticSegmentation",
+}
+
+
+class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
     """
     CAT-Seg: open-vocabulary semantic segmentation by cost aggregation on CLIP.
 
-    Give it CLIP-normalised images at `config.clip_resolution` (see `CATSegProcessor`) and either tokenised class
-    names (`input_ids` of shape `(T, P, 77)`) or precomputed `class_embeddings` `(T, P, C)`; it returns per-class
-    logits at 4x the CLIP patch grid.
+    Give it CLIP views of the images (see [`CATSegProcessor`]) and either tokenised class names (`input_ids` of shape
+    `(T, P, L)`) or precomputed `class_embeddings` `(T, P, C)` (from [`~CATSegForSemanticSegmentation.get_class_embeddings`]);
+    it returns per-class logits at 4x the CLIP patch grid for every image.
+
+    The pipeline of the paper: dense CLIP image embeddings ([`~CATSegForSemanticSegmentation.get_image_features`]) and
+    class text embeddings -> cost volume (cosine similarities) -> spatial and class aggregation -> upsampling decoder.
     """
 
     # Saved folders carry the modelling code and an `auto_map`, so they load with `trust_remote_code=True` anywhere.
-    _auto_class = "AutoModel"
+    _auto_class = "AutoModelForSemanticSegmentation"
 
     def __init__(self, config: CATSegConfig):
         super().__init__(config)
@@ -838,125 +706,109 @@ class CATSegModel(CATSegPreTrainedModel):
             ]
         )
         self.aggregator = CATSegAggregator(config)
-        # Text embeddings of recent vocabularies, reused while the text tower's weights are unchanged.
-        self._class_embedding_cache: OrderedDict = OrderedDict()
-        self.class_embedding_cache_size = 8
+        config.auto_map = {**_AUTO_MAP, **(getattr(config, "auto_map", None) or {})}
+        # The text embeddings of the default vocabulary (if the config has one), with the text-tower state they were
+        # computed from.
+        self._default_class_embeddings: tuple[tuple, torch.Tensor] | None = None
         self.post_init()
-        self.apply_clip_finetune_mode()
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
-        # Loading replaces the parameters (and their requires_grad flags): restore the configured CLIP training set.
-        model.apply_clip_finetune_mode()
-        return model
-
-    # ------------------------------------------------------------------------------------------------ fine-tuning
-    def apply_clip_finetune_mode(self, mode: str | None = None) -> None:
-        """Sets which CLIP parameters train (`requires_grad`), from `config.clip_finetune` unless `mode` is given:
-        `"attention"`: only the query and value projection weights of every attention block of both towers;
-        `"frozen"`: none; `"full"`: all. The aggregator and guidance upsamplers always train."""
-        mode = mode or self.config.clip_finetune
-        if mode not in ("attention", "frozen", "full"):
-            raise ValueError(f"Unknown CLIP fine-tuning mode {mode!r}; choose 'attention', 'frozen' or 'full'.")
-        self.config.clip_finetune = mode
-        for name, parameter in self.clip.named_parameters():
-            if mode == "full":
-                parameter.requires_grad_(True)
-            elif mode == "frozen":
+        for name, parameter in self.named_parameters():
+            if name in self.parameters_without_gradient:
                 parameter.requires_grad_(False)
-            else:
-                parameter.requires_grad_(name.endswith(("self_attn.q_proj.weight", "self_attn.v_proj.weight")))
 
-    # ------------------------------------------------------------------------------------------------ text side
-    def _text_weights_version(self) -> tuple:
-        # In-place updates (optimizer steps, load_state_dict) bump a tensor's version counter.
-        return tuple(
-            (id(p), p._version, p.dtype, p.device)
-            for p in (*self.clip.text_model.parameters(), self.clip.text_projection.weight)
+    def initialize_weights(self) -> None:
+        # transformers counts a model defined outside its package as custom code, and then takes a module whose own
+        # parameters are all initialised as initialised, which a module without parameters of its own vacuously is.
+        # CLIP's attention and MLP blocks, which initialise their child projections, would be skipped, so that CLIP
+        # weights missing from a checkpoint (or built on the meta device) got the generic init instead of CLIP's. The
+        # CLIP model is transformers' own: it initialises itself first, and what it initialised is skipped below. Both
+        # only touch weights that are not initialised (loaded) yet, so a fresh model's weights do not change.
+        self.clip.initialize_weights()
+        # CLIP sets its logit scale in its constructor only (CAT-Seg never uses it); a missing one would stay unset.
+        with torch.no_grad():
+            init.constant_(self.clip.logit_scale, self.config.clip_config.logit_scale_init_value)
+        super().initialize_weights()
+
+    @property
+    def parameters_without_gradient(self) -> tuple[str, ...]:
+        """Names of CLIP parameters CAT-Seg never uses, so that they can never receive a gradient: CLIP's logit scale
+        and the query/key projections of the last vision block (which runs in dense mode). They are never trainable
+        (distributed training without `find_unused_parameters` needs that)."""
+        last = f"clip.vision_model.encoder.layers.{self.config.clip_config.vision_config.num_hidden_layers - 1}.self_attn"
+        return (
+            "clip.logit_scale",
+            f"{last}.q_proj.weight",
+            f"{last}.q_proj.bias",
+            f"{last}.k_proj.weight",
+            f"{last}.k_proj.bias",
         )
 
+    # ------------------------------------------------------------------------------------------------ text side
     def get_class_embeddings(
         self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None = None
     ) -> torch.FloatTensor:
         """
-        L2-normalised class text embeddings.
+        L2-normalised class text embeddings: CLIP's projected text features of every prompt, read at its end-of-text
+        token.
 
         Args:
-            input_ids (`torch.LongTensor` of shape `(T, P, L)`): token ids of every class (T) in every template (P);
-                `(T, L)` is read as one template.
-            attention_mask (`torch.LongTensor`, *optional*): same shape; padding after the end-of-text token does not
-                change the result (the text tower is causal and reads the end-of-text position).
+            input_ids (`torch.LongTensor` of shape `(T, P, L)`):
+                Token ids of every class (T) in every template (P); `(T, L)` is read as one template.
+            attention_mask (`torch.LongTensor`, *optional*):
+                Same shape. Padding after the end-of-text token does not change the result (the text tower is
+                causal and is read at the end-of-text position).
 
         Returns:
             `torch.FloatTensor` of shape `(T, P, C)`.
-
-        In evaluation mode or without gradients, the embeddings of the last few vocabularies are cached and reused
-        as long as the text tower's weights have not changed.
         """
         if input_ids.dim() == 2:
             input_ids = input_ids.unsqueeze(1)
             attention_mask = attention_mask.unsqueeze(1) if attention_mask is not None else None
         if input_ids.dim() != 3:
             raise ValueError(f"input_ids must be (num_classes, num_templates, length), got shape {tuple(input_ids.shape)}.")
-        use_cache = not (self.training and torch.is_grad_enabled())
-        key = None
-        if use_cache:
-            mask_bytes = attention_mask.cpu().numpy().tobytes() if attention_mask is not None else b""
-            device_type = input_ids.device.type
-            autocast_state = (
-                (True, torch.get_autocast_dtype(device_type)) if torch.is_autocast_enabled(device_type) else (False,)
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}; give "
+                "the mask the processor returned with these ids."
             )
-            key = (
-                tuple(input_ids.shape),
-                input_ids.cpu().numpy().tobytes(),
-                mask_bytes,
-                autocast_state,
-                self._text_weights_version(),
-            )
-            cached = self._class_embedding_cache.get(key)
-            if cached is not None:
-                self._class_embedding_cache.move_to_end(key)
-                return cached
         num_classes, num_templates, length = input_ids.shape
+        if input_ids.numel() == 0:
+            raise ValueError(
+                f"input_ids of shape {tuple(input_ids.shape)} hold no prompt: give at least one class name (and one "
+                "template)."
+            )
+        if input_ids.is_floating_point():
+            raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}.")
+        vocab_size = self.config.clip_config.text_config.vocab_size
+        out_of_vocabulary = (input_ids < 0) | (input_ids >= vocab_size)
+        if bool(out_of_vocabulary.any()):
+            bad = torch.unique(input_ids[out_of_vocabulary])[:5].tolist()
+            raise ValueError(
+                f"input_ids hold token id(s) {bad} outside CLIP's vocabulary of {vocab_size} tokens; tokenise the "
+                "class names with this model's CATSegProcessor."
+            )
         flat_ids = input_ids.reshape(-1, length)
         flat_mask = attention_mask.reshape(-1, length) if attention_mask is not None else None
+        step = max(self.config.text_batch_size, 1)
         embeddings = torch.cat(
             [
-                self._encode_prompts(flat_ids[start : start + self.config.text_batch_size], flat_mask, start)
-                for start in range(0, flat_ids.shape[0], max(self.config.text_batch_size, 1))
+                self._encode_prompts(
+                    flat_ids[start : start + step], flat_mask[start : start + step] if flat_mask is not None else None
+                )
+                for start in range(0, flat_ids.shape[0], step)
             ]
         )
         embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
-        embeddings = embeddings.view(num_classes, num_templates, -1)
-        if use_cache:
-            self._class_embedding_cache[key] = embeddings.detach()
-            while len(self._class_embedding_cache) > self.class_embedding_cache_size:
-                self._class_embedding_cache.popitem(last=False)
-        return embeddings
+        return embeddings.view(num_classes, num_templates, -1)
 
-    def _encode_prompts(self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None, start: int):
+    def _encode_prompts(self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None) -> torch.Tensor:
         """Projected text-tower features at the end-of-text token of each prompt."""
-        eos_positions = self._end_of_text_positions(input_ids)
         # The text tower is causal and is read at the end-of-text token: positions after the last one of the batch
         # cannot change the result, so they are not computed (a prompt is ~10 tokens of the 77).
-        length = int(eos_positions.max()) + 1
+        length = int(self._end_of_text_positions(input_ids).max()) + 1
         input_ids = input_ids[:, :length]
         if attention_mask is not None:
-            attention_mask = attention_mask[start : start + input_ids.shape[0], :length]
-        text_model = self.clip.text_model
-        hidden = text_model.embeddings(input_ids=input_ids)
-        causal_mask = torch.full((length, length), float("-inf"), device=hidden.device, dtype=hidden.dtype).triu(1)
-        if attention_mask is not None:
-            padding = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-            causal_mask = causal_mask + padding
-        else:
-            causal_mask = causal_mask[None, None]
-        for layer in text_model.encoder.layers:
-            hidden = layer(hidden, causal_mask)
-        hidden = text_model.final_layer_norm(hidden)
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos_positions]
-        return self.clip.text_projection(pooled)
+            attention_mask = attention_mask[:, :length]
+        return self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
 
     def _end_of_text_positions(self, input_ids: torch.LongTensor) -> torch.LongTensor:
         eos_token_id = self.config.clip_config.text_config.eos_token_id
@@ -968,26 +820,63 @@ class CATSegModel(CATSegPreTrainedModel):
             raise ValueError(f"Every prompt must contain the end-of-text token {eos_token_id}; tokenise with CATSegProcessor.")
         return is_eos.int().argmax(dim=-1)
 
-    # ------------------------------------------------------------------------------------------------ image side
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> CATSegImageFeatures:
-        """
-        Dense CLIP image embeddings and the decoder guidance.
+    def _text_weights_version(self) -> tuple:
+        # In-place updates (optimizer steps, load_state_dict) bump a tensor's version counter.
+        return tuple(
+            (id(p), p._version, p.dtype, p.device)
+            for p in (*self.clip.text_model.parameters(), self.clip.text_projection.weight)
+        )
 
-        The last vision block runs in CAT-Seg's dense mode: its LayerNorm-ed input goes through the value and output
-        projections only (no mixing between tokens), the class token's input to the block is added to every token,
-        then the block's MLP residual; post-LayerNorm and the visual projection then apply to all tokens.
-        """
-        batch = pixel_values.shape[0]
-        if batch > 1 and pixel_values.device.type == "cpu" and not torch.is_grad_enabled():
-            # One image at a time on CPU: the batch's MLP activations (35 MB per block for 5 views at 384) would be
-            # mapped afresh in every block, a page fault per 4 KB; one image's stay in reused heap memory.
-            per_image = [self._image_features(pixel_values[index : index + 1]) for index in range(batch)]
-            return CATSegImageFeatures(
-                dense_embeddings=torch.cat([f.dense_embeddings for f in per_image]),
-                image_embeddings=torch.cat([f.image_embeddings for f in per_image]),
-                guidance_taps=tuple(torch.cat(taps) for taps in zip(*(f.guidance_taps for f in per_image))),
-                decoder_guidance=tuple(torch.cat(maps) for maps in zip(*(f.decoder_guidance for f in per_image))),
+    def default_class_embeddings(self) -> torch.FloatTensor:
+        """The class embeddings of the default vocabulary stored in the config (see
+        `catseg_hf.pipelines.set_default_vocabulary`), used when a call names no classes; computed once per state of
+        the text tower (recomputed under tracing, where nothing is kept)."""
+        if self.config.default_class_input_ids is None:
+            raise ValueError(
+                "Give the class names as `input_ids` (from CATSegProcessor) or as `class_embeddings`, or store a "
+                "default vocabulary in the config (catseg_hf.pipelines.set_default_vocabulary)."
             )
+        tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        keep = not tracing and not (self.training and torch.is_grad_enabled())
+        if keep and self._default_class_embeddings is not None:
+            version, embeddings = self._default_class_embeddings
+            if version == self._text_weights_version():
+                return embeddings
+        input_ids = torch.tensor(self.config.default_class_input_ids, dtype=torch.long, device=self.device)
+        attention_mask = None
+        if self.config.default_class_attention_mask is not None:
+            attention_mask = torch.tensor(self.config.default_class_attention_mask, dtype=torch.long, device=self.device)
+        embeddings = self.get_class_embeddings(input_ids, attention_mask)
+        if keep:
+            self._default_class_embeddings = (self._text_weights_version(), embeddings.detach())
+        return embeddings
+
+    # ------------------------------------------------------------------------------------------------ image side
+    @capture_outputs(tie_last_hidden_states=False)
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> CATSegImageFeatures:
+        r"""
+        Dense CLIP image embeddings and the decoder guidance of CLIP views `(batch_size, 3, R, R)`.
+
+        The first blocks are CLIP's own vision blocks; the last one runs in CAT-Seg's dense mode: its LayerNorm-ed
+        input goes through the value and output projections only (no mixing between tokens), the class token's input
+        to the block is added to every token, then the block's MLP residual; post-LayerNorm and the visual projection
+        then apply to all tokens.
+
+        Returns:
+            [`CATSegImageFeatures`] (a `BaseModelOutputWithPooling`); `hidden_states` / `attentions` of the standard
+            CLIP vision blocks with `output_hidden_states=True` / `output_attentions=True`.
+        """
+        if pixel_values.dim() != 4:
+            raise ValueError(f"get_image_features takes CLIP views (batch, 3, R, R), got shape {tuple(pixel_values.shape)}.")
+        capturing = any(
+            kwargs.get(f"output_{name}", getattr(self.config, f"output_{name}", False))
+            for name in ("hidden_states", "attentions")
+        )
+        # Captured hidden states and attentions are recorded per call, so they need the whole batch in one call.
+        if pixel_values.shape[0] > 1 and not capturing and use_inference_kernels(pixel_values):
+            return inference_image_features(self._image_features, pixel_values)
         return self._image_features(pixel_values)
 
     def _image_features(self, pixel_values: torch.FloatTensor) -> CATSegImageFeatures:
@@ -995,24 +884,26 @@ class CATSegModel(CATSegPreTrainedModel):
         batch, _, height, width = pixel_values.shape
         patch = self.config.clip_config.vision_config.patch_size
         grid_height, grid_width = height // patch, width // patch
-        hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=True)
-        hidden = vision.pre_layrnorm(hidden)
-        taps = []
+        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=True))
+        block_outputs = []
         *blocks, last_block = vision.encoder.layers
-        for index, block in enumerate(blocks):
+        for block in blocks:
             hidden = block(hidden, None)
-            if index in self.config.guidance_layer_indices:
-                taps.append(hidden)
-        dense = last_block.self_attn.out_proj(last_block.self_attn.v_proj(last_block.layer_norm1(hidden)))
-        dense = dense + hidden[:, :1]
-        dense = dense + last_block.mlp(last_block.layer_norm2(dense))
-        dense = self.clip.visual_projection(vision.post_layernorm(dense))
+            block_outputs.append(hidden)
+        # Taps in block order, a block named twice giving two taps, as the reference's forward hooks collect them.
+        taps = [block_outputs[index] for index in sorted(self.config.guidance_layer_indices)]
+        last_hidden = last_block.self_attn.out_proj(last_block.self_attn.v_proj(last_block.layer_norm1(hidden)))
+        last_hidden = last_hidden + hidden[:, :1]
+        last_hidden = last_hidden + last_block.mlp(last_block.layer_norm2(last_hidden))
+        dense = self.clip.visual_projection(vision.post_layernorm(last_hidden))
         image_embeddings = dense[:, 1:].transpose(1, 2).reshape(batch, -1, grid_height, grid_width)
         decoder_guidance = tuple(
             upsample(tap[:, 1:].transpose(1, 2).reshape(batch, -1, grid_height, grid_width))
             for upsample, tap in zip(self.guidance_upsamplers, taps)
         )
         return CATSegImageFeatures(
+            last_hidden_state=last_hidden,
+            pooler_output=dense[:, 0],
             dense_embeddings=dense,
             image_embeddings=image_embeddings,
             guidance_taps=tuple(taps),
@@ -1022,8 +913,8 @@ class CATSegModel(CATSegPreTrainedModel):
     def aggregate(
         self, image_features: CATSegImageFeatures, class_embeddings: torch.Tensor, cost_volume: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Runs the aggregator view by view when `config.class_chunk_size` asks for bounded memory (views are
-        independent: each keeps its own top-k classes)."""
+        """The aggregator over all views, view by view when `config.class_chunk_size` asks for bounded memory (views
+        are independent: each keeps its own top-k classes)."""
         step = 1 if self.config.class_chunk_size > 0 else cost_volume.shape[0]
         logits, selected = [], []
         for start in range(0, cost_volume.shape[0], step):
@@ -1044,16 +935,20 @@ class CATSegModel(CATSegPreTrainedModel):
     # ------------------------------------------------------------------------------------------------ loss
     def compute_loss(self, logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
         """Binary cross-entropy between logits bilinearly resized to the label size and one-hot labels, mean over
-        all pixels and classes. As in the reference, ignored pixels (and any id outside [0, T)) are not excluded:
-        they count with an all-zero target."""
+        all pixels and classes, in float32. As in the reference, ignored pixels (`config.ignore_index`, whatever the
+        number of classes, and any id outside [0, T)) are not excluded: they count with an all-zero target."""
         if labels.dim() != 3 or labels.shape[0] != logits.shape[0]:
             raise ValueError(
                 f"labels must be (batch, height, width) with batch {logits.shape[0]}, got shape {tuple(labels.shape)}."
             )
+        if labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}.")
         num_classes = logits.shape[1]
-        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        labels = labels.to(logits.device)
-        valid = (labels >= 0) & (labels < num_classes)
+        logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        labels = labels.to(device=logits.device, dtype=torch.long)
+        # `ignore_index` pixels are background whatever the number of classes (with more than 255 classes, 255 is
+        # also a class id; the reference still ignores it).
+        valid = (labels >= 0) & (labels < num_classes) & (labels != self.config.ignore_index)
         targets = F.one_hot(torch.where(valid, labels, 0), num_classes).permute(0, 3, 1, 2)
         targets = targets.to(logits.dtype) * valid.unsqueeze(1).to(logits.dtype)
         return F.binary_cross_entropy_with_logits(logits, targets)
@@ -1065,89 +960,146 @@ class CATSegModel(CATSegPreTrainedModel):
         size = self.config.training_pooling_size if self.training else self.config.inference_pooling_size
         return tuple(size)
 
+    @can_return_tuple
     def forward(
         self,
-        pixel_values: torch.FloatTensor,
+        pixel_values: torch.FloatTensor | None = None,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
         class_embeddings: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
-        original_sizes: torch.LongTensor | None = None,
-        view_layout: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         output_intermediates: bool = False,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> CATSegOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CATSegSemanticSegmenterOutput:
         r"""
         Args:
-            pixel_values (`torch.FloatTensor` of shape `(B, 3, R, R)`):
-                CLIP-normalised images at `config.clip_resolution` (sliding-window views are separate rows).
+            pixel_values (`torch.FloatTensor` of shape `(N, 3, R, R)` or `(N, V, 3, R, R)`):
+                CLIP views at `config.clip_resolution` from [`CATSegProcessor`]: one per image in whole mode, the V
+                sliding-window views of each image in sliding mode.
             input_ids (`torch.LongTensor` of shape `(T, P, L)`, *optional*):
-                Tokenised class names in every prompt template; give these or `class_embeddings`.
+                Tokenised class names in every prompt template; give these or `class_embeddings` (or neither, for a
+                model with a default vocabulary).
             attention_mask (`torch.LongTensor` of shape `(T, P, L)`, *optional*):
                 Mask of `input_ids`.
-            class_embeddings (`torch.FloatTensor` of shape `(T, P, C)` or `(B, T, P, C)`, *optional*):
-                Precomputed class embeddings (from `get_class_embeddings`).
-            labels (`torch.LongTensor` of shape `(B, H, W)`, *optional*):
-                Class ids per pixel (any H, W); `config.ignore_index` and ids outside [0, T) are background for the loss.
-            original_sizes, view_layout (`torch.LongTensor`, *optional*):
-                Produced by the processor; handed back unchanged on the output for post-processing.
+            class_embeddings (`torch.FloatTensor` of shape `(T, P, C)` or `(N, T, P, C)`, *optional*):
+                Precomputed class embeddings (from `get_class_embeddings`), shared by all images or one set per image.
+            labels (`torch.LongTensor` of shape `(N, H, W)`, *optional*):
+                Class ids per pixel (any H, W; whole-mode inputs); `config.ignore_index` and ids outside [0, T) count as
+                background for the loss, as in the reference.
+            output_hidden_states (`bool`, *optional*):
+                Return the hidden states of the CLIP vision tower.
+            output_attentions (`bool`, *optional*):
+                Return the attention weights of the CLIP vision tower (eager attention).
             output_intermediates (`bool`, *optional*, defaults to `False`):
                 Also return the cost volume and the image features.
+            return_dict (`bool`, *optional*):
+                Return a [`CATSegSemanticSegmenterOutput`] (default) or a tuple.
         """
-        if kwargs:
-            raise TypeError(f"CATSegModel.forward got unexpected arguments: {sorted(kwargs)}.")
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if pixel_values is None or pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+        unknown = sorted(set(kwargs) - set(TransformersKwargs.__annotations__))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}.forward got unexpected arguments {unknown}. Its inputs are pixel_values, "
+                "input_ids, attention_mask, class_embeddings and labels (the processor's outputs hold no other model "
+                "inputs)."
+            )
+        if pixel_values is not None and not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(
+                f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}; call the processor with "
+                "return_tensors='pt'."
+            )
+        if pixel_values is None or pixel_values.dim() not in (4, 5) or pixel_values.shape[-3] != 3:
             shape = None if pixel_values is None else tuple(pixel_values.shape)
             raise ValueError(
-                f"pixel_values must be a (batch, 3, height, width) tensor, got {shape}; use CATSegProcessor to prepare images."
+                f"pixel_values must be (images, 3, R, R) or, for sliding-window views, (images, views, 3, R, R); got "
+                f"{shape}. Use CATSegProcessor to prepare images."
             )
+        num_images = pixel_values.shape[0]
+        if pixel_values.numel() == 0:
+            raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)} hold no image: give at least one.")
+        patch = self.config.clip_config.vision_config.patch_size
+        if min(pixel_values.shape[-2:]) < patch:
+            raise ValueError(
+                f"pixel_values of size {tuple(pixel_values.shape[-2:])} are smaller than one CLIP patch ({patch} px); "
+                f"give views at the CLIP resolution ({self.config.clip_resolution}), as CATSegProcessor makes them."
+            )
+        views_per_image = pixel_values.shape[1] if pixel_values.dim() == 5 else None
+        if views_per_image is not None and labels is not None:
+            raise ValueError("labels need whole-image inputs (images, 3, R, R); process training images with mode='whole'.")
+        if class_embeddings is not None and input_ids is not None:
+            raise ValueError("Give either input_ids or class_embeddings, not both.")
         if class_embeddings is None:
-            if input_ids is None and self.config.default_class_input_ids is not None:
-                input_ids = torch.tensor(self.config.default_class_input_ids, dtype=torch.long, device=self.device)
-                if self.config.default_class_attention_mask is not None:
-                    attention_mask = torch.tensor(
-                        self.config.default_class_attention_mask, dtype=torch.long, device=self.device
-                    )
-            if input_ids is None:
-                raise ValueError(
-                    "Give the class names as `input_ids` (from CATSegProcessor) or as `class_embeddings`, or store a "
-                    "default vocabulary in the config (catseg_hf.pipelines.set_default_vocabulary)."
-                )
-            class_embeddings = self.get_class_embeddings(input_ids, attention_mask)
-        batch = pixel_values.shape[0]
+            if input_ids is not None:
+                class_embeddings = self.get_class_embeddings(input_ids, attention_mask)
+            else:
+                class_embeddings = self.default_class_embeddings()
         if class_embeddings.dim() == 3:
-            batched_class_embeddings = class_embeddings.unsqueeze(0).expand(batch, -1, -1, -1)
-        elif class_embeddings.dim() == 4 and class_embeddings.shape[0] == batch:
-            batched_class_embeddings = class_embeddings
+            per_image_class_embeddings = class_embeddings.unsqueeze(0).expand(num_images, -1, -1, -1)
+        elif class_embeddings.dim() == 4 and class_embeddings.shape[0] == num_images:
+            per_image_class_embeddings = class_embeddings
         else:
             raise ValueError(
-                f"class_embeddings must be (T, P, C) or (batch={batch}, T, P, C), got {tuple(class_embeddings.shape)}."
+                f"class_embeddings must be (T, P, C) or (images={num_images}, T, P, C), got {tuple(class_embeddings.shape)}."
             )
-        if batched_class_embeddings.shape[2] != self.config.num_prompt_templates:
+        if per_image_class_embeddings.shape[1] == 0:
+            raise ValueError("class_embeddings hold 0 classes: give at least one class name.")
+        if per_image_class_embeddings.shape[2] != self.config.num_prompt_templates:
             raise ValueError(
                 f"The model was built for {self.config.num_prompt_templates} prompt template(s) per class, but the class "
-                f"embeddings have {batched_class_embeddings.shape[2]}; tokenise with the model's prompt templates."
+                f"embeddings have {per_image_class_embeddings.shape[2]}; tokenise with the model's prompt templates."
+            )
+        if per_image_class_embeddings.shape[-1] != self.config.projection_dim:
+            raise ValueError(
+                f"class_embeddings have dimension {per_image_class_embeddings.shape[-1]}, but this model's CLIP embeds "
+                f"into {self.config.projection_dim}; compute them with this model's get_class_embeddings."
             )
 
-        image_features = self.get_image_features(pixel_values.to(self.dtype))
-        batched_class_embeddings = batched_class_embeddings.to(image_features.image_embeddings.dtype)
-        cost_volume = compute_cost_volume(image_features.image_embeddings, batched_class_embeddings)
-        logits, selected = self.aggregate(image_features, batched_class_embeddings, cost_volume)
+        views = pixel_values.flatten(0, 1) if views_per_image is not None else pixel_values
+        view_class_embeddings = per_image_class_embeddings
+        if views_per_image is not None:
+            view_class_embeddings = per_image_class_embeddings.repeat_interleave(views_per_image, dim=0)
+        # Only flags actually given: output capture reads an absent flag from the config, but takes a given None as
+        # "no", which would ignore `config.output_hidden_states` / `config.output_attentions`.
+        capture_flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+        capture_flags = {name: value for name, value in capture_flags.items() if value is not None}
+        image_features = self.get_image_features(views.to(self.dtype), **capture_flags)
+        view_class_embeddings = view_class_embeddings.to(image_features.image_embeddings.dtype)
+        cost_volume = compute_cost_volume(image_features.image_embeddings, view_class_embeddings)
+        logits, selected = self.aggregate(image_features, view_class_embeddings, cost_volume)
         loss = self.compute_loss(logits, labels) if labels is not None else None
 
-        output = CATSegOutput(
+        if views_per_image is not None:
+            logits = logits.unflatten(0, (num_images, views_per_image))
+            cost_volume = cost_volume.unflatten(0, (num_images, views_per_image))
+            selected = selected.unflatten(0, (num_images, views_per_image)) if selected is not None else None
+        return CATSegSemanticSegmenterOutput(
             loss=loss,
             logits=logits,
-            class_embeddings=class_embeddings,
+            class_embeddings=class_embeddings if output_intermediates else None,
+            hidden_states=image_features.hidden_states,
+            attentions=image_features.attentions,
             cost_volume=cost_volume if output_intermediates else None,
             image_features=image_features if output_intermediates else None,
             selected_classes=selected,
-            original_sizes=original_sizes,
-            view_layout=view_layout,
         )
-        return output if return_dict else output.to_tuple()
 
 
-__all__ = ["CATSegModel", "CATSegPreTrainedModel", "CATSegOutput", "CATSegImageFeatures", "compute_cost_volume"]
+class CATSegModel(CATSegForSemanticSegmentation):
+    """
+    [`CATSegForSemanticSegmentation`] under its first name: the same model, weights and outputs, registered for
+    `AutoModel`. Folders saved with either name load with both classes.
+    """
+
+    _auto_class = "AutoModel"
+
+
+__all__ = [
+    "CATSegForSemanticSegmentation",
+    "CATSegModel",
+    "CATSegPreTrainedModel",
+    "CATSegSemanticSegmenterOutput",
+    "CATSegOutput",
+    "CATSegImageFeatures",
+    "compute_cost_volume",
+]

@@ -1,0 +1,288 @@
+"""Gradient-free CPU kernels of CAT-Seg: the blocks of `modeling_catseg`, reformulated for inference speed.
+
+`modeling_catseg` writes every block as the paper's computation, and that is what training (autograd) and
+accelerators run. Without gradients on CPU ([`use_inference_kernels`], asked by the aggregator and by
+`get_image_features`) the model calls this module's entry points instead: [`inference_aggregation`] and
+[`inference_image_features`]. Each computes the same function as the blocks it stands for, from those blocks' own
+parameters; results differ only by the float32 rounding of differently shaped products. One CPU choice holds with
+gradients too, as it bounds memory as well as time: the decoder's chunk of classes ([`decoder_classes_per_chunk`]).
+`tests/test_modeling.py` checks them against the blocks and against a straightforward reference, with the tile sizes
+below and with one class map / pixel / token per tile. Why tiles pay on CPU: `docs/performance-notes.md`.
+
+What is reformulated, against the blocks:
+
+- **Tiles.** The Swin blocks run over tiles of a few class maps of one image, the class aggregation over tiles of
+  pixels (all classes of those pixels), the residual MLPs over tiles of tokens, the decoder over tiles of a few
+  classes and the CLIP vision tower one view at a time. Tiles only cut axes along which nothing interacts, so each
+  tile's intermediates stay small.
+- **In place.** The aggregation layers write every tile's output back into the cost-embedding buffer (which only the
+  aggregator holds) instead of allocating a new tensor per block.
+- **Windows by one gather.** A class map is put in (shifted-)window order by one `index_select` of precomputed token
+  positions (the cyclic shift and the window partition at once), and back by the inverse permutation.
+- **Fused projections.** The token halves of query, key and value are one `(3 * dim, dim)` matrix product; their
+  guidance halves and biases are one precomputed term per image (Swin windows) or per class (class aggregation).
+- **Fewer temporaries.** The attention's output projection is one `addmm`, residuals are added in place, and ReLU and
+  the `elu + 1` feature map act on their inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from timm.layers import Mlp
+
+    from .modeling_catseg import (
+        CATSegAggregationLayer,
+        CATSegClassAggregation,
+        CATSegImageFeatures,
+        CATSegLinearAttention,
+        CATSegSpatialAggregation,
+        CATSegSwinBlock,
+    )
+
+# Tile sizes, in tokens (a class at a pixel) or output pixels. Tests shrink them to 1 to exercise every tile boundary.
+# Tokens per tile of the residual MLPs.
+MLP_TOKENS_PER_TILE = 4096
+# Class-map tokens (classes x H x W) per tile of the Swin blocks: 8 classes at 24x24.
+SWIN_TOKENS_PER_TILE = 8 * 24 * 24
+# Class tokens (classes x pixels) per tile of the class aggregation.
+CLASS_AGGREGATION_TOKENS_PER_TILE = 8192
+# Output pixels (classes x 4H x 4W) per tile of the upsampling decoder: 8 classes at 96x96.
+DECODER_OUTPUT_PIXELS_PER_TILE = 8 * 96 * 96
+
+
+def use_inference_kernels(tensor: torch.Tensor) -> bool:
+    """Whether the model runs this module's kernels on `tensor`: only without gradients (they record no autograd
+    graph and overwrite their buffers) and only on CPU (the tiles are sized for CPU caches; accelerators run the
+    blocks as written)."""
+    return not torch.is_grad_enabled() and tensor.device.type == "cpu"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Shared pieces
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def fused_guided_projection(
+    query: nn.Linear, key: nn.Linear, value: nn.Linear, guidance: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For attention whose queries and keys act on `[token ; guidance]` and whose values act on the token: the token
+    halves of the query, key and value weights stacked `(3 * dim, dim)` for one matrix product, and what does not
+    depend on the token (guidance halves of query and key, the three biases) as terms `(..., 3 * dim)` of `guidance`
+    `(..., G)`."""
+    dim = value.in_features
+    query_term = F.linear(guidance, query.weight[:, dim:], query.bias)
+    key_term = F.linear(guidance, key.weight[:, dim:], key.bias)
+    terms = torch.cat([query_term, key_term, value.bias.expand_as(query_term)], dim=-1)
+    weight = torch.cat([query.weight[:, :dim], key.weight[:, :dim], value.weight])
+    return weight, terms
+
+
+def _mlp(mlp: Mlp, tokens: torch.Tensor) -> torch.Tensor:
+    """timm's `Mlp` as CAT-Seg builds it (dropouts of 0, identity norm), with a ReLU applied in place."""
+    hidden = mlp.fc1(tokens)
+    hidden = hidden.relu_() if isinstance(mlp.act, nn.ReLU) else mlp.act(hidden)
+    return mlp.fc2(mlp.norm(hidden))
+
+
+def residual_mlp(hidden: torch.Tensor, norm: nn.Module, mlp: Mlp) -> torch.Tensor:
+    """`hidden + mlp(norm(hidden))` over the last dimension, in tiles of `MLP_TOKENS_PER_TILE` tokens."""
+    tokens = hidden.reshape(-1, hidden.shape[-1])
+    if tokens.shape[0] <= MLP_TOKENS_PER_TILE:
+        return hidden + _mlp(mlp, norm(hidden))
+    output = torch.empty_like(tokens)
+    for start in range(0, tokens.shape[0], MLP_TOKENS_PER_TILE):
+        tile = tokens[start : start + MLP_TOKENS_PER_TILE]
+        torch.add(tile, _mlp(mlp, norm(tile)), out=output[start : start + MLP_TOKENS_PER_TILE])
+    return output.view(hidden.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Spatial aggregation (CATSegSpatialAggregation, CATSegSwinBlock, CATSegWindowAttention)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class SwinTilePlan(NamedTuple):
+    """What the tiles of one Swin block share, for one batch of images."""
+
+    window_order: torch.Tensor  # raster index of the token at each position of the (shifted) windows, window by window
+    raster_order: torch.Tensor  # its inverse: window-order position of each raster token
+    weight: torch.Tensor  # token halves of query, key and value (3 * dim, dim)
+    terms: torch.Tensor  # per image, guidance halves and biases in window order (B, H * W, 3 * dim)
+    window_tokens: int
+    attention_bias: torch.Tensor | None  # shifted-window mask repeated for the largest tile (maps * windows, 1, t, t)
+
+
+def swin_tile_plan(block: CATSegSwinBlock, guidance: torch.Tensor, max_maps: int) -> SwinTilePlan:
+    """The plan of `block` for normalised guidance `(B, H, W, G)` and tiles of at most `max_maps` class maps."""
+    batch, height, width, _ = guidance.shape
+    window_size, _ = block.window_geometry(height, width)
+    raster = torch.arange(height * width, device=guidance.device).view(1, height, width, 1)
+    order = block.partition(raster).flatten()
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    attention = block.attention
+    weight, terms = fused_guided_projection(
+        attention.query, attention.key, attention.value, guidance.reshape(batch, height * width, -1)[:, order]
+    )
+    mask = block.attention_mask(height, width, guidance.device)
+    attention_bias = None if mask is None else mask.to(guidance.dtype).unsqueeze(1).repeat(max_maps, 1, 1, 1)
+    return SwinTilePlan(order, inverse, weight, terms, window_size * window_size, attention_bias)
+
+
+def swin_block_tile(block: CATSegSwinBlock, maps: torch.Tensor, plan: SwinTilePlan, image: int) -> torch.Tensor:
+    """`block` on class maps `(n, H * W, C)` of image `image` of the plan, in raster order; same layout out."""
+    num_maps, num_tokens, channels = maps.shape
+    attention = block.attention
+    tokens = maps.index_select(1, plan.window_order)
+    attention_bias = plan.attention_bias
+    if attention_bias is not None:
+        attention_bias = attention_bias[: num_maps * (num_tokens // plan.window_tokens)]
+    qkv = F.linear(block.norm1(tokens), plan.weight).add_(plan.terms[image])
+    qkv = qkv.view(-1, plan.window_tokens, 3, attention.num_heads, attention.head_dim)
+    query, key, value = (part.transpose(1, 2) for part in qkv.unbind(2))
+    attended = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_bias, scale=attention.scale)
+    attended = attended.transpose(1, 2).reshape(num_maps * num_tokens, channels)
+    attended = torch.addmm(attention.proj.bias, attended, attention.proj.weight.t())
+    tokens = residual_mlp(attended.view(num_maps, num_tokens, channels).add_(tokens), block.norm2, block.mlp)
+    return tokens.index_select(1, plan.raster_order)
+
+
+def spatial_aggregation(
+    module: CATSegSpatialAggregation, cost_embedding: torch.Tensor, appearance_guidance: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    """`module` on `cost_embedding` `(B, T, H, W, C)` with `appearance_guidance` `(B, H, W, G)`, in tiles of a few
+    class maps of one image, written into `out` (same shape; may be `cost_embedding` itself)."""
+    batch, num_classes, height, width, channels = cost_embedding.shape
+    guidance = module.guidance_norm(appearance_guidance)
+    maps_per_tile = num_classes if module.class_chunk_size <= 0 else module.class_chunk_size
+    maps_per_tile = min(maps_per_tile, max(1, SWIN_TOKENS_PER_TILE // (height * width)), num_classes)
+    plans = [swin_tile_plan(block, guidance, maps_per_tile) for block in module.blocks]
+    inputs = cost_embedding.reshape(batch, num_classes, height * width, channels)
+    outputs = out.view(batch, num_classes, height * width, channels)
+    for image in range(batch):
+        for start in range(0, num_classes, maps_per_tile):
+            tile = slice(start, start + maps_per_tile)
+            maps = inputs[image, tile]
+            for block, plan in zip(module.blocks, plans):
+                maps = swin_block_tile(block, maps, plan, image)
+            outputs[image, tile] = maps
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Class aggregation (CATSegClassAggregation, CATSegLinearAttention)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def linear_attention_tile(
+    attention: CATSegLinearAttention,
+    normed: torch.Tensor,
+    weight: torch.Tensor,
+    terms: torch.Tensor,
+    padding: tuple[torch.Tensor, torch.Tensor] | None,
+) -> torch.Tensor:
+    """`attention` on normalised tokens `(T, p, dim)` of one image at p pixels, with `weight` and that image's
+    `terms` `(T, 1, 3 * dim)` from `fused_guided_projection`. Returns `(T, p, dim)`."""
+    num_classes, num_pixels, dim = normed.shape
+    qkv = F.linear(normed, weight).add_(terms)
+    split = (1, num_classes, num_pixels, attention.num_heads, -1)
+    query_key = F.elu(qkv[..., : 2 * dim]).add_(1.0)
+    query, key = query_key[..., :dim].view(split), query_key[..., dim:].view(split)
+    value = qkv[..., 2 * dim :].reshape(split)
+    return attention.attend(query, key, value, padding)[0]
+
+
+def _class_layer_tiles(
+    module: CATSegClassAggregation,
+    tokens: torch.Tensor,
+    text_guidance: torch.Tensor,
+    outputs: torch.Tensor,
+    add_input: bool,
+) -> None:
+    """The transformer layer of `module` across the classes of `tokens` `(B, T, P, C)` (text guidance `(B, T, G)`),
+    over tiles of pixels, written into `outputs` (same shape; may be `tokens` itself), plus the input if
+    `add_input`."""
+    batch, num_classes, num_pixels, _ = tokens.shape
+    pixels_per_tile = max(1, CLASS_AGGREGATION_TOKENS_PER_TILE // num_classes)
+    padding = module.padding_contribution(module.pad_len - num_classes)
+    attention = module.attention
+    weight, terms = fused_guided_projection(attention.query, attention.key, attention.value, text_guidance)
+    terms = terms.unsqueeze(-2)  # (B, T, 1, 3 * dim): shared by the pixels
+    for image in range(batch):
+        for start in range(0, num_pixels, pixels_per_tile):
+            pixels = slice(start, start + pixels_per_tile)
+            tile = tokens[image, :, pixels].contiguous()
+            attended = linear_attention_tile(attention, module.norm1(tile), weight, terms[image], padding)
+            hidden = residual_mlp(attended.add_(tile), module.norm2, module.mlp)
+            outputs[image, :, pixels] = hidden.add_(tile) if add_input else hidden
+
+
+def class_aggregation(
+    module: CATSegClassAggregation,
+    cost_embedding: torch.Tensor,
+    text_guidance: torch.Tensor,
+    pooling_size: tuple[int, int],
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """`module` on `cost_embedding` `(B, T, H, W, C)` with `text_guidance` `(B, T, G)`, in tiles of pixels, written
+    into `out` (same shape; may be `cost_embedding` itself)."""
+    batch, num_classes, height, width, channels = cost_embedding.shape
+    if tuple(pooling_size) == (1, 1):
+        tokens = cost_embedding.view(batch, num_classes, height * width, channels)
+        _class_layer_tiles(module, tokens, text_guidance, out.view(tokens.shape), add_input=True)
+        return out
+    pooled = module.pool(cost_embedding, pooling_size)
+    tokens = pooled.reshape(batch, num_classes, -1, channels)
+    aggregated = torch.empty(tokens.shape, dtype=tokens.dtype, device=tokens.device)
+    _class_layer_tiles(module, tokens, text_guidance, aggregated, add_input=False)
+    return torch.add(cost_embedding, module.unpool(aggregated.view(pooled.shape), (height, width)), out=out)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def inference_aggregation(
+    layers: Iterable[CATSegAggregationLayer],
+    cost_embedding: torch.Tensor,
+    appearance_guidance: torch.Tensor,
+    text_guidance: torch.Tensor,
+    pooling_size: tuple[int, int],
+) -> torch.Tensor:
+    """The aggregation layers on `cost_embedding` `(B, T, H, W, C)`, updated in place (the caller must own it)."""
+    for layer in layers:
+        spatial_aggregation(layer.spatial_aggregation, cost_embedding, appearance_guidance, out=cost_embedding)
+        class_aggregation(layer.class_aggregation, cost_embedding, text_guidance, pooling_size, out=cost_embedding)
+    return cost_embedding
+
+
+def decoder_classes_per_chunk(cost_embedding: torch.Tensor, class_chunk_size: int) -> int:
+    """How many classes of `cost_embedding` `(B, T, H, W, C)` the upsampling decoder takes at once: on CPU, tiles of
+    `DECODER_OUTPUT_PIXELS_PER_TILE` output pixels (at most `class_chunk_size` classes), with or without gradients,
+    as the workspaces of CPU convolutions grow with the chunk; elsewhere `class_chunk_size` (`<= 0`: all)."""
+    if cost_embedding.device.type != "cpu":
+        return class_chunk_size
+    batch, _, height, width = cost_embedding.shape[:4]
+    classes_per_tile = max(1, DECODER_OUTPUT_PIXELS_PER_TILE // (batch * 16 * height * width))
+    return classes_per_tile if class_chunk_size <= 0 else min(classes_per_tile, class_chunk_size)
+
+
+def inference_image_features(
+    image_features: Callable[[torch.Tensor], CATSegImageFeatures], pixel_values: torch.Tensor
+) -> CATSegImageFeatures:
+    """`image_features` (the plain image side) one view of `pixel_values` `(N, 3, R, R)` at a time, the outputs
+    concatenated in dim 0."""
+    per_view = [image_features(pixel_values[index : index + 1]) for index in range(pixel_values.shape[0])]
+    merged = {}
+    for name, first in per_view[0].items():
+        parts = [features[name] for features in per_view]
+        merged[name] = tuple(map(torch.cat, zip(*parts))) if isinstance(first, tuple) else torch.cat(parts)
+    return type(per_view[0])(**merged)
