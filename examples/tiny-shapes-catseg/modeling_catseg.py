@@ -329,8 +329,8 @@ class CATSegLinearAttention(nn.Module):
         split = (*tokens.shape[:-1], self.num_heads, -1)
         query = F.linear(tokens, self.query.weight[:, : self.dim], self.query.bias) + query_guidance
         key = F.linear(tokens, self.key.weight[:, : self.dim], self.key.bias) + key_guidance
-        query = (F.elu(query) + 1.0).view(split)
-        key = (F.elu(key) + 1.0).view(split)
+        query = F.elu(query).add_(1.0).view(split)
+        key = F.elu(key).add_(1.0).view(split)
         return query, key, self.value(tokens).view(split)
 
     def attend(
@@ -350,7 +350,7 @@ class CATSegLinearAttention(nn.Module):
         if padding is not None:
             key_value = key_value + padding[0]
             key_sum = key_sum + padding[1]
-        normaliser = torch.einsum("btphd,bphd->btph", query, key_sum) + self.eps
+        normaliser = torch.einsum("btphd,bphd->btph", query, key_sum).add_(self.eps)
         attended = torch.einsum("btphd,bphde->btphe", query, key_value) / normaliser.unsqueeze(-1)
         return attended.flatten(-2)
 
