@@ -20,6 +20,7 @@ from transformers.image_processing_outputs import SemanticSegmentationPostProces
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 import catseg_hf.image_processing_catseg as ipmod
+import catseg_hf.post_processing_catseg as ppmod
 from catseg_hf import CATSegImageProcessor
 
 TOL = 1e-5
@@ -549,6 +550,24 @@ def test_post_processing_errors(processor) -> None:
             processor.post_process_semantic_segmentation(broken)
 
 
+@pytest.mark.parametrize("name", ["target_sizes", "image_sizes"])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([(5, 6)], r"has 1 entries but the logits hold 3 images; pass one \(height, width\) per image"),
+        ([(5, 6, 7)] * 3, r"must hold 2 integers per image \(one row per image, e.g. \[\[480, 640\]\]"),
+        (5, r"must hold 2 integers per image"),
+        ([("a", "b")] * 3, r"must hold 2 integers per image"),
+        ([(5, 0)] * 3, r"must hold positive \(height, width\) pairs, got \[\(5, 0\)"),
+        (torch.tensor([[5, -1]] * 3), r"must hold positive \(height, width\) pairs"),
+    ],
+)
+def test_post_processing_size_errors_name_the_argument(processor, name, value, message) -> None:
+    """`target_sizes` and `image_sizes` are checked alike: the message names the argument, the problem and the fix."""
+    with pytest.raises(ValueError, match=f"^{name} {message}"):
+        processor.post_process_semantic_segmentation(_fake_logits((3, 4, 24, 24)), **{name: value})
+
+
 @pytest.mark.parametrize("shape", [(2, 4, 24, 24), (2, 5, 4, 24, 24)])
 def test_all_nan_logits_give_no_label_map(processor, shape) -> None:
     # Never a confident-looking map of class 0.
@@ -594,7 +613,7 @@ def test_post_processing_chunking_is_exact(monkeypatch) -> None:
     cases = ((sliding, {"target_sizes": [(37, 53)]}), (whole, {"target_sizes": [(20, 30)], "image_sizes": [(20, 30)]}))
     full = [small.post_process_semantic_segmentation(x, return_segmentation_scores=True, **kw)[0] for x, kw in cases]
     # Smallest chunks: 16 classes, so 300 classes run as 18 chunks of 16 and one of 12.
-    monkeypatch.setattr(ipmod, "_POSTPROCESS_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(ppmod, "_POSTPROCESS_CHUNK_ELEMENTS", 1)
     for (logits, kwargs), reference in zip(cases, full):
         chunked = small.post_process_semantic_segmentation(logits, return_segmentation_scores=True, **kwargs)[0]
         labels = small.post_process_semantic_segmentation(logits, **kwargs)[0]

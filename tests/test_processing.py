@@ -367,9 +367,12 @@ def test_save_and_load_with_auto_processor(processor, tmp_path: Path, fixture_cl
 def test_saved_folder_loads_as_remote_code_without_catseg_hf(processor, tmp_path: Path) -> None:
     folder = tmp_path / "saved"
     processor.save_pretrained(folder)
-    assert (folder / "processing_catseg.py").is_file() and (folder / "image_processing_catseg.py").is_file()
+    for name in ("processing_catseg.py", "image_processing_catseg.py", "image_inputs_catseg.py", "post_processing_catseg.py"):
+        assert (folder / name).is_file(), name
     expected = processor(images=np.full((20, 25, 3), 77, np.uint8), text=["cat", "dog, puppy"], return_tensors="pt")
-    torch.save(dict(expected), tmp_path / "expected.pt")
+    logits = torch.randn(1, 5, 2, 24, 24, generator=torch.Generator().manual_seed(0))
+    expected["labels"] = processor.image_processor.post_process_semantic_segmentation(logits, target_sizes=[(20, 25)])[0]
+    torch.save({**dict(expected), "logits": logits}, tmp_path / "expected.pt")
     script = textwrap.dedent(
         f"""
         import sys
@@ -381,6 +384,9 @@ def test_saved_folder_loads_as_remote_code_without_catseg_hf(processor, tmp_path
         assert not type(processor).__module__.startswith("catseg_hf"), type(processor).__module__
         out = processor(images=np.full((20, 25, 3), 77, np.uint8), text=["cat", "dog, puppy"], return_tensors="pt")
         expected = torch.load({str(tmp_path / "expected.pt")!r})
+        logits = expected.pop("logits")
+        labels = processor.image_processor.post_process_semantic_segmentation(logits, target_sizes=[(20, 25)])[0]
+        assert torch.equal(labels, expected.pop("labels"))
         assert out.keys() == expected.keys(), (out.keys(), expected.keys())
         assert all(torch.equal(out[k], expected[k]) for k in out)
         print("remote-ok")

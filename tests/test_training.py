@@ -410,7 +410,16 @@ def test_torchrun_two_cpu_processes_train_and_evaluate(shared_path, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["configuration_catseg.py", "modeling_catseg.py", "catseg_kernels.py", "image_processing_catseg.py", "processing_catseg.py"]
+    "name",
+    [
+        "configuration_catseg.py",
+        "modeling_catseg.py",
+        "catseg_kernels.py",
+        "image_processing_catseg.py",
+        "image_inputs_catseg.py",
+        "post_processing_catseg.py",
+        "processing_catseg.py",
+    ],
 )
 def test_shipped_model_code_matches_the_package(name):
     """The example folder's remote code (used with trust_remote_code) must be the package's current code."""

@@ -1,23 +1,31 @@
-"""Image processor for CAT-Seg: CLIP views of each image, and the sliding-window/whole-image post-processing.
+"""Image processor for CAT-Seg: CLIP views of each image (preprocessing); its post-processing method runs
+`post_processing_catseg.py`.
 
 This file must only import torch, numpy, PIL, transformers and (relatively) our own processing files: it is copied
 into saved model folders so that they load with `trust_remote_code=True` where `catseg_hf` is not installed.
 """
 
-import math
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from transformers import BatchFeature
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import logging
+
+from .image_inputs_catseg import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    _as_image_list,
+    _channels_first,  # noqa: F401 (also imported from here before the split)
+    _load_image,
+    _padded_size,
+    _short_repr,
+)
+from .post_processing_catseg import check_sliding_window, num_views, post_process_semantic_segmentation
 
 
 logger = logging.get_logger(__name__)
@@ -26,22 +34,6 @@ logger = logging.get_logger(__name__)
 CLIP_IMAGE_MEAN = [122.7709383, 116.7460125, 104.09373615]
 CLIP_IMAGE_STD = [68.5005327, 66.6321579, 70.3231630]
 PROCESSING_MODES = ("sliding", "whole")
-
-# Target for the float32 elements of the intermediates of one class chunk in post-processing (about 32 MB): bounded
-# memory, and temporaries small enough for glibc to serve from reused heap memory instead of fresh (page-faulting)
-# mappings, which made the sliding post-processing of 150 classes 1.4x faster than chunks of 64 classes.
-_POSTPROCESS_CHUNK_ELEMENTS = 8 * 1024 * 1024
-# Chunks hold a multiple of this many classes, so that every class keeps its position within a vector lane of
-# PyTorch's CPU resize kernels (8 or 16 float32 lanes) as in one call over all classes; measured: chunked results
-# are bit-identical to unchunked ones (tests/test_image_processing.py).
-_POSTPROCESS_CHUNK_ALIGN = 16
-_PIL_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-# Images are converted to float32 this many pixels at a time where the input allows it (PIL images, band by band),
-# so that no full-resolution temporary besides the float32 image itself is made.
-_LOAD_BAND_PIXELS = 4 * 1024 * 1024
-# Default of `max_image_pixels`: a float32 RGB copy of an image this large is 1.2 GB. PIL's own decompression-bomb
-# limit (89 megapixels warns, 179 refuse) protects only images loaded through PIL; this one protects the arrays.
-DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 
 # transformers' `ImagesKwargs` that CAT-Seg's fixed recipe has no use for, with what to use instead. Giving one of them
 # a value raises instead of silently doing nothing.
@@ -207,7 +199,7 @@ class CATSegImageProcessor(BaseImageProcessor):
     def num_views(self) -> int:
         """Views per image in sliding mode with the current settings: the tiles plus the global view."""
         canvas, tile, stride = self.sliding_canvas_size, self.sliding_tile_size, self.sliding_stride
-        return _num_views((canvas, canvas, tile, stride))
+        return num_views((canvas, canvas, tile, stride))
 
     # ------------------------------------------------------------------------------------------------ preprocessing
     def preprocess(self, images: Any, **kwargs: Unpack[CATSegImageProcessorKwargs]) -> BatchFeature:
@@ -455,80 +447,15 @@ class CATSegImageProcessor(BaseImageProcessor):
             [`~image_processing_outputs.SemanticSegmentationPostProcessorOutput`] per image with `segmentation`
             (int64 `(height, width)`) and `segmentation_scores` (float32 `(num_classes, height, width)` probabilities).
         """
-        if return_probabilities is not None:
-            warnings.warn(
-                "`return_probabilities` is deprecated and will be removed in the next release: use "
-                "`return_segmentation_scores=True`, whose `segmentation_scores` are the same probabilities.",
-                FutureWarning,
-                stacklevel=2,
-            )
-            if return_probabilities and return_segmentation_scores:
-                raise ValueError("Pass only `return_segmentation_scores=True` (`return_probabilities` is deprecated).")
-        logits = _get_field(outputs, "logits")
-        if not isinstance(logits, torch.Tensor):
-            raise ValueError(
-                "post_process_semantic_segmentation needs the model's `logits` (an output object or dict with a "
-                "`logits` tensor, or the logits tensor itself)."
-            )
-        if logits.ndim == 4:
-            layout = (0, 0, 0, 0)
-        elif logits.ndim == 5:
-            canvas, tile, stride = self.sliding_canvas_size, self.sliding_tile_size, self.sliding_stride
-            _validate_settings("sliding", 1, [0.0], [1.0], 0, canvas, tile, stride)
-            layout = (canvas, canvas, tile, stride)
-            if logits.shape[1] != _num_views(layout):
-                raise ValueError(
-                    f"The sliding-mode logits hold {logits.shape[1]} views per image, but this processor's sliding "
-                    f"window (sliding_canvas_size={canvas}, sliding_tile_size={tile}, sliding_stride={stride}) has "
-                    f"{_num_views(layout)}; post-process with the settings the inputs were made with."
-                )
-        else:
-            raise ValueError(
-                "logits must be (batch, num_classes, height, width) for whole mode or (batch, num_views, "
-                f"num_classes, height, width) for sliding mode, got shape {tuple(logits.shape)}."
-            )
-        if not bool(torch.isfinite(logits).all()):
-            # A sigmoid of NaN is NaN, and an arg-max over NaN picks class 0 everywhere: a confident-looking map.
-            non_finite = (~torch.isfinite(logits)).flatten(1).sum(dim=1)
-            images = non_finite.nonzero().flatten().tolist()
-            raise ValueError(
-                f"The logits contain {int(non_finite.sum())} NaN or infinite value(s) of {logits.numel()} (in "
-                f"image(s) {images[:10]}{' ...' if len(images) > 10 else ''} of the batch), so no segmentation can "
-                "be read from them; check the model's inputs and dtype (e.g. float16 overflow)."
-            )
-
-        num_images = logits.shape[0]
-        if target_sizes is not None:
-            target_sizes = _as_size_list(target_sizes, "target_sizes")
-            if len(target_sizes) != num_images:
-                raise ValueError(
-                    f"target_sizes has {len(target_sizes)} entries but the logits hold {num_images} images; pass one "
-                    "(height, width) per image."
-                )
-        else:
-            default = layout[:2] if any(layout) else tuple(logits.shape[-2:])
-            target_sizes = [tuple(default)] * num_images
-        if image_sizes is not None:
-            image_sizes = _as_size_list(image_sizes, "image_sizes")
-            if len(image_sizes) != num_images:
-                raise ValueError(
-                    f"image_sizes has {len(image_sizes)} entries but the logits hold {num_images} images; pass one "
-                    "(height, width) per image."
-                )
-
-        want_scores = bool(return_segmentation_scores or return_probabilities)
-        results = []
-        for index in range(num_images):
-            # Whole mode: one view of shape (1, T, h, w); sliding mode: (num_views, T, h, w).
-            image_logits = logits[index] if any(layout) else logits[index : index + 1]
-            input_size = image_sizes[index] if image_sizes is not None and not any(layout) else None
-            result = _postprocess_one(image_logits, layout, target_sizes[index], want_scores, input_size)
-            if return_segmentation_scores:
-                result = SemanticSegmentationPostProcessorOutput(
-                    data={"segmentation": result["segmentation"], "segmentation_scores": result["probabilities"]}
-                )
-            results.append(result)
-        return results
+        canvas, tile, stride = self.sliding_canvas_size, self.sliding_tile_size, self.sliding_stride
+        return post_process_semantic_segmentation(
+            outputs,
+            (canvas, tile, stride),
+            target_sizes=target_sizes,
+            return_segmentation_scores=return_segmentation_scores,
+            image_sizes=image_sizes,
+            return_probabilities=return_probabilities,
+        )
 
 
 # ==================================================================================================== helpers
@@ -558,16 +485,7 @@ def _validate_settings(
     if max_image_pixels < 0:
         raise ValueError(f"max_image_pixels must be >= 0 (0: no limit), got {max_image_pixels}.")
     if mode == "sliding":
-        if min(canvas, tile, stride) <= 0 or tile > canvas:
-            raise ValueError(
-                f"Sliding window needs positive sizes with tile <= canvas, got canvas {canvas}, tile {tile}, "
-                f"stride {stride}."
-            )
-        if (canvas - tile) % stride:
-            raise ValueError(
-                f"Sliding window: (canvas - tile) = {canvas - tile} is not a multiple of the stride {stride}, so the "
-                "tiles would not cover the canvas; change sliding_canvas_size, sliding_tile_size or sliding_stride."
-            )
+        check_sliding_window(canvas, tile, stride)
 
 
 def _normalisation(
@@ -611,231 +529,6 @@ def _rescale_and_normalise_(
         pixels.sub_(mean).div_(std)
 
 
-def _as_image_list(images: Any) -> list[Any]:
-    """A flat list of single images; 4-D arrays/tensors are batches."""
-    if isinstance(images, (list, tuple)):
-        flat = []
-        for item in images:
-            flat.extend(_as_image_list(item))
-        return flat
-    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-        return list(images)
-    return [images]
-
-
-def _channels_first(shape: Sequence[int], prefer_first: bool, input_data_format: Any) -> bool:
-    """Whether a 3-D array is CHW, from `input_data_format` or, failing that, from its shape."""
-    if input_data_format is not None:
-        fmt = getattr(input_data_format, "value", input_data_format)
-        if fmt not in ("channels_first", "channels_last"):
-            raise ValueError(
-                f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}."
-            )
-        return fmt == "channels_first"
-    first_ok, last_ok = shape[0] in (1, 2, 3, 4), shape[-1] in (1, 2, 3, 4)
-    if first_ok and last_ok:
-        return prefer_first
-    if first_ok or last_ok:
-        return first_ok
-    raise ValueError(
-        f"Cannot find the channel axis of an image of shape {tuple(shape)}: expected 1, 2, 3 or 4 channels first "
-        "(C, H, W) or last (H, W, C)."
-    )
-
-
-def _short_repr(value: Any, limit: int = 80) -> str:
-    """`repr(value)`, cut to `limit` characters, for naming a bad argument in a message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _pil_band_array(band: Image.Image) -> tuple[np.ndarray, float | None]:
-    """Rows of a PIL image as an (h, W) or (h, W, C) array, and what to divide its values by to reach 0-255.
-
-    Every conversion here is per pixel, so converting the image band by band gives what converting it whole would.
-    """
-    mode = band.mode
-    if mode in _PIL_16BIT_MODES:
-        return np.asarray(band), 257.0
-    if mode == "I":
-        # 32-bit integer mode: what older Pillow gives for 16-bit PNGs. Only the 16-bit range is meaningful here.
-        array = np.asarray(band)
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high > 65535:
-            raise ValueError(
-                f"PIL mode 'I' image with values in [{low}, {high}]: only 16-bit data (0-65535) is supported; "
-                "convert it to 8-bit RGB or to a float 0-255 array first."
-            )
-        return array, 257.0
-    if mode in ("RGB", "RGBA", "L", "LA", "F"):
-        return np.asarray(band), None
-    if mode == "P":
-        # Palette images with transparency convert cleanly only to RGBA; the alpha is dropped later.
-        return np.asarray(band.convert("RGBA" if "transparency" in band.info else "RGB")), None
-    if mode == "PA":
-        return np.asarray(band.convert("RGBA")), None
-    if mode == "1":
-        return np.asarray(band.convert("L")), None
-    if mode == "La":
-        # Premultiplied alpha: "LA" undoes the premultiplication (as "RGBa" -> "RGB" does), then alpha is dropped.
-        return np.asarray(band.convert("LA")), None
-    try:
-        return np.asarray(band.convert("RGB")), None
-    except (ValueError, OSError) as err:
-        raise ValueError(f"Unsupported PIL image mode {mode!r}: convert the image to 'RGB' first ({err}).") from err
-
-
-def _pil_bands(image: Image.Image) -> Iterator[tuple[int, np.ndarray, float | None]]:
-    """A PIL image band by band: (first row, array (h, W[, C]), divisor), so that no full-size copy but the float32
-    one is made; an image of up to `_LOAD_BAND_PIXELS` is one band, without a crop."""
-    width, height = image.size
-    band_rows = max(1, _LOAD_BAND_PIXELS // width)
-    if band_rows >= height:
-        yield (0, *_pil_band_array(image))
-        return
-    for top in range(0, height, band_rows):
-        # PIL pads a crop box that goes beyond the image, so the last box ends at the last row.
-        yield (top, *_pil_band_array(image.crop((0, top, width, min(top + band_rows, height)))))
-
-
-def _check_image_pixels(height: int, width: int, max_pixels: int) -> None:
-    if max_pixels and height * width > max_pixels:
-        raise ValueError(
-            f"The image is {width}x{height} pixels ({height * width / 1e6:.1f} megapixels), above the limit of "
-            f"max_image_pixels={max_pixels} ({max_pixels / 1e6:g} megapixels): processing it would hold a float32 "
-            f"copy of it at full resolution (about {12 * height * width / 2**30:.1f} GiB for RGB). Downscale it "
-            "first (CAT-Seg sees it at 640x640 in sliding mode and at the CLIP resolution in whole mode), or raise "
-            "the limit (`max_image_pixels=...` on the processor or per call; 0: no limit)."
-        )
-
-
-def _load_image(
-    image: Any,
-    input_data_format: Any = None,
-    convert_rgb: bool = True,
-    max_pixels: int = 0,
-    size_divisibility: int = 0,
-) -> tuple[torch.Tensor, tuple[int, int]]:
-    """One image as a float32 `(C, H', W')` tensor on the 0-255 scale, and its `(height, width)`.
-
-    C = 3 with `convert_rgb`, else as given. `H', W'` are the height and width rounded up to a multiple of
-    `size_divisibility` (> 1), the padding filled with zeros; otherwise the image's own. The tensor is on the CPU, or
-    on the device of a torch input.
-
-    The pixels are written straight into that one float32 tensor (PIL images band by band), so that the only
-    full-resolution copy made is the float32 one: peak memory is about 4 bytes per kept channel and pixel, plus the
-    input. Float inputs are checked for NaN and infinite values, in one pass without temporaries.
-    """
-    if isinstance(image, Image.Image):
-        width, height = image.size
-        _check_image_pixels(height, width, max_pixels)
-        if height == 0 or width == 0:
-            raise ValueError(f"Empty PIL image of size {width}x{height}.")
-        bands = _pil_bands(image)
-        channels_first = False
-        is_float = image.mode == "F"
-        multiplier = None
-    elif isinstance(image, np.ndarray):
-        if image.dtype.kind not in "buif":
-            raise TypeError(f"Unsupported numpy image dtype {image.dtype}: use uint8, uint16 or float (0-255).")
-        channels_first = image.ndim == 3 and _channels_first(image.shape, False, input_data_format)
-        # 16-bit in either byte order (the cast below reads big-endian data as well).
-        divisor = 257.0 if image.dtype.kind == "u" and image.dtype.itemsize == 2 else None
-        bands = iter([(0, image, divisor)])
-        is_float = image.dtype.kind == "f"
-        multiplier = 255.0 if image.dtype == np.bool_ else None
-    elif isinstance(image, torch.Tensor):
-        if image.is_complex():
-            raise TypeError(f"Unsupported torch image dtype {image.dtype}: use uint8 or float (0-255).")
-        channels_first = image.ndim == 3 and _channels_first(tuple(image.shape), True, input_data_format)
-        divisor = 257.0 if image.dtype == torch.uint16 else None
-        bands = iter([(0, image.detach(), divisor)])
-        is_float = image.is_floating_point()
-        multiplier = 255.0 if image.dtype == torch.bool else None
-    else:
-        raise TypeError(
-            f"Unsupported image type {type(image).__name__} ({_short_repr(image)}): pass PIL images, numpy arrays or "
-            "torch tensors."
-        )
-    if not isinstance(image, Image.Image):
-        if image.ndim not in (2, 3):
-            raise ValueError(
-                f"An image must have 2 or 3 dimensions (a 4-D input is a batch), got shape {tuple(image.shape)}."
-            )
-        height, width = image.shape[-2:] if channels_first or image.ndim == 2 else image.shape[:2]
-        if height == 0 or width == 0:
-            raise ValueError(f"Empty image of shape {tuple(image.shape)}.")
-        _check_image_pixels(height, width, max_pixels)
-
-    pixels = None
-    for top, band, divisor in bands:
-        # The band as (C, h, W): a view, no copy.
-        if band.ndim == 2:
-            band = band[None]
-        elif not channels_first:
-            band = band.transpose(2, 0, 1) if isinstance(band, np.ndarray) else band.permute(2, 0, 1)
-        if pixels is None:
-            channels = band.shape[0]
-            if channels not in (1, 2, 3, 4):
-                raise ValueError(f"An image needs 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA) channels, got {channels}.")
-            # Grayscale (+ alpha) keeps its gray channel (replicated below), RGBA drops alpha.
-            kept = {1: 1, 2: 1, 3: 3, 4: 3}[channels] if convert_rgb else channels
-            padded_h, padded_w = _padded_size([(height, width)], size_divisibility)
-            out_channels = 3 if convert_rgb else channels
-            device = band.device if isinstance(band, torch.Tensor) else "cpu"
-            make = torch.zeros if (padded_h, padded_w) != (height, width) else torch.empty
-            pixels = make(out_channels, padded_h, padded_w, dtype=torch.float32, device=device)
-        rows = slice(top, top + band.shape[1])
-        if isinstance(band, np.ndarray):
-            # The cast is exact for integers and rounds floats to nearest, as torch's. Values beyond float32 become
-            # infinite, and are reported as such below.
-            with np.errstate(over="ignore", invalid="ignore"):
-                np.copyto(pixels[:kept, rows, :width].numpy(), band[:kept], casting="unsafe")
-        else:
-            pixels[:kept, rows, :width].copy_(band[:kept])
-        if divisor is not None:
-            pixels[:kept, rows, :width].div_(divisor)
-        elif multiplier is not None:
-            pixels[:kept, rows, :width].mul_(multiplier)
-
-    image_region = pixels[:kept, :height, :width]
-    if is_float:
-        # NaN propagates through min/max, and infinities are their own extremes: one pass, no temporary.
-        low, high = (float(v) for v in torch.aminmax(image_region))
-        if not (math.isfinite(low) and math.isfinite(high)):
-            raise ValueError(_non_finite_message(image_region))
-        if 0.0 < high <= 1.0 and image_region.numel() > 1:
-            logger.warning_once(
-                "A float image has all its values in [0, 1], but CATSegImageProcessor expects pixels on the 0-255 "
-                "scale (as the official model). Multiply such images by 255 before processing them."
-            )
-    if kept < pixels.shape[0]:
-        pixels[kept:, :height, :width] = image_region[:1]
-    return pixels, (height, width)
-
-
-def _non_finite_message(pixels: torch.Tensor) -> str:
-    """Names how many pixels of a `(C, H, W)` image are NaN or infinite (counted row band by row band)."""
-    height, width = pixels.shape[-2:]
-    band_rows = max(1, _LOAD_BAND_PIXELS // width)
-    count, nan_count, first = 0, 0, None
-    for top in range(0, height, band_rows):
-        band = pixels[:, top : top + band_rows]
-        bad = (~torch.isfinite(band)).any(dim=0)
-        band_count = int(bad.sum())
-        if band_count:
-            count += band_count
-            nan_count += int(torch.isnan(band).any(dim=0).sum())
-            if first is None:
-                row, column = (int(v) for v in bad.nonzero()[0])
-                first = (top + row, column)
-    return (
-        f"{count} of its {height * width} pixels are NaN or infinite ({nan_count} with a NaN; the first at row "
-        f"{first[0]}, column {first[1]}). A segmentation computed from them would be meaningless: replace them (e.g. "
-        "`np.nan_to_num`) or fix what produced the image. (Float values beyond float32's range count as infinite.)"
-    )
-
-
 def _whole_views(
     batch: torch.Tensor,
     image_sizes: Sequence[tuple[int, int]],
@@ -855,16 +548,6 @@ def _whole_views(
     for pixels, (height, width) in zip(batch, image_sizes):
         _rescale_and_normalise_(pixels[:, :height, :width], scale, mean, std)
     return F.interpolate(batch, size=resolution, mode="bilinear", align_corners=False)
-
-
-def _padded_size(sizes: Sequence[tuple[int, int]], size_divisibility: int) -> tuple[int, int]:
-    """The largest height and width of `sizes`, each rounded up to a multiple of `size_divisibility` (> 1)."""
-    height = max(h for h, _ in sizes)
-    width = max(w for _, w in sizes)
-    if size_divisibility > 1:
-        height = math.ceil(height / size_divisibility) * size_divisibility
-        width = math.ceil(width / size_divisibility) * size_divisibility
-    return height, width
 
 
 def _sliding_views(
@@ -890,168 +573,6 @@ def _sliding_views(
     views = _rescale_and_normalise(torch.cat([torch.stack(tiles), global_view], dim=0), scale, mean, std)
     # A same-size bilinear resize is an exact copy (384 for ViT-B); 336 for ViT-L.
     return F.interpolate(views, size=(clip_resolution, clip_resolution), mode="bilinear", align_corners=False)
-
-
-def _num_views(layout: Sequence[int]) -> int:
-    """Views per image: 1 in whole mode (all-zero layout), tiles + 1 global view in sliding mode."""
-    if not any(layout):
-        return 1
-    canvas_h, canvas_w, tile, stride = layout
-    return ((canvas_h - tile) // stride + 1) * ((canvas_w - tile) // stride + 1) + 1
-
-
-def _get_field(outputs: Any, name: str) -> Any:
-    if isinstance(outputs, torch.Tensor):
-        return outputs if name == "logits" else None
-    if isinstance(outputs, Mapping):
-        return outputs.get(name)
-    return getattr(outputs, name, None)
-
-
-def _as_int_rows(value: Any, name: str, width: int) -> list[list[int]]:
-    rows = value.tolist() if isinstance(value, (torch.Tensor, np.ndarray)) else value
-    try:
-        rows = [[int(v) for v in row] for row in rows]
-    except TypeError:
-        rows = None
-    if rows is None or any(len(row) != width for row in rows):
-        raise ValueError(
-            f"{name} must hold {width} integers per image (one row per image, e.g. [[480, 640]] for one image's "
-            f"(height, width)), got {value!r}."
-        )
-    return rows
-
-
-def _as_size_list(value: Any, name: str) -> list[tuple[int, int]]:
-    sizes = [tuple(row) for row in _as_int_rows(value, name, 2)]
-    if any(min(size) <= 0 for size in sizes):
-        raise ValueError(f"{name} must hold positive (height, width) pairs, got {sizes}.")
-    return sizes
-
-
-def _fold_tiles(
-    tile_map: Callable[[int], torch.Tensor], num_channels: int, canvas_h: int, canvas_w: int, tile: int, stride: int
-) -> torch.Tensor:
-    """The tiles `tile_map(index)` `(C, tile, tile)` (row-major origins) summed onto a `(C, canvas_h, canvas_w)`
-    canvas, each tile made only when it is added.
-
-    The same sums as `F.fold` over the tiles' flattened columns, added in fold's order (at every pixel the tile with
-    the later origin first), so the result is bit-identical; fold's strided column reads made it take two thirds of
-    the sliding post-processing."""
-    origins = [
-        (top, left)
-        for top in range(0, canvas_h - tile + 1, stride)
-        for left in range(0, canvas_w - tile + 1, stride)
-    ]
-    canvas = None
-    for index in reversed(range(len(origins))):
-        top, left = origins[index]
-        values = tile_map(index)
-        if canvas is None:
-            canvas = values.new_zeros(num_channels, canvas_h, canvas_w)
-        canvas[:, top : top + tile, left : left + tile] += values
-    return canvas
-
-
-def _postprocess_one(
-    logits: torch.Tensor,
-    layout: Sequence[int],
-    target: tuple[int, int],
-    return_probabilities: bool,
-    input_size: tuple[int, int] | None = None,
-) -> torch.Tensor | dict[str, torch.Tensor]:
-    """Probabilities at the target size for one image, computed in chunks of classes (every step is per class).
-
-    Classes whose logits are one constant over all views and pixels (those a top-k model dropped everywhere) share
-    one probability map, computed once; the arg-max over them is resolved exactly, ties to the lowest class id.
-
-    In whole mode the official post-processing first crops the probability map to the (unpadded) input size; that
-    is a no-op unless the input image is smaller than the logits map, and is reproduced here via `input_size`."""
-    num_classes = logits.shape[1]
-    sliding = any(layout)
-    if sliding:
-        canvas_h, canvas_w, tile, stride = layout
-        num_tiles = _num_views(layout) - 1
-        per_class = tile * tile + canvas_h * canvas_w * 2 + target[0] * target[1] * 2
-        # The overlap count of every canvas pixel, as the official fold(unfold(ones)).
-        ones = torch.ones(1, tile, tile, dtype=torch.float32, device=logits.device)
-        counts = _fold_tiles(lambda index: ones, 1, canvas_h, canvas_w, tile, stride)
-    else:
-        per_class = logits.shape[-2] * logits.shape[-1] + target[0] * target[1] * 2
-    chunk = _POSTPROCESS_CHUNK_ELEMENTS // per_class // _POSTPROCESS_CHUNK_ALIGN * _POSTPROCESS_CHUNK_ALIGN
-    chunk = max(_POSTPROCESS_CHUNK_ALIGN, chunk)
-
-    def to_probabilities(class_ids: torch.Tensor) -> torch.Tensor:
-        chunk_logits = logits.index_select(1, class_ids).float()
-        if sliding:
-            # In-place ops below compute the same values as the official out-of-place expressions, with less memory.
-            # View by view (the resize treats every view and class alone, so this is bit-identical to one call):
-            # the resized views are the largest temporaries of post-processing.
-            def view_probabilities(view: int) -> torch.Tensor:
-                resized = F.interpolate(
-                    chunk_logits[view : view + 1], size=(tile, tile), mode="bilinear", align_corners=False
-                )
-                return resized.sigmoid_()[0]
-
-            merged = _fold_tiles(view_probabilities, len(class_ids), canvas_h, canvas_w, tile, stride)
-            global_probs = F.interpolate(
-                view_probabilities(num_tiles).unsqueeze(0),
-                size=(canvas_h, canvas_w),
-                mode="bilinear",
-                align_corners=False,
-            )
-            # (tiles summed / overlap count + global) / 2, in this order.
-            merged = merged.div_(counts).unsqueeze(0).add_(global_probs).div_(2.0)
-            del global_probs
-        else:
-            merged = chunk_logits.sigmoid()
-            if input_size is not None:
-                merged = merged[..., : input_size[0], : input_size[1]]
-        return F.interpolate(merged, size=target, mode="bilinear", align_corners=False)[0]
-
-    lowest = logits.amin(dim=(0, 2, 3))
-    constant = lowest == logits.amax(dim=(0, 2, 3))
-    varying_ids = (~constant).nonzero().flatten()
-    probabilities = (
-        torch.empty(num_classes, *target, dtype=torch.float32, device=logits.device) if return_probabilities else None
-    )
-    best_value = best_index = None
-    for first in range(0, varying_ids.numel(), chunk):
-        class_ids = varying_ids[first : first + chunk]
-        chunk_probs = to_probabilities(class_ids)
-        if probabilities is not None:
-            probabilities[class_ids] = chunk_probs
-            continue
-        # Running arg-max over ascending class ids; a later chunk wins only when strictly greater, so ties keep the
-        # lowest class id exactly as one torch.argmax over all classes would.
-        value, index = chunk_probs.max(dim=0)
-        index = class_ids[index]
-        if best_value is None:
-            best_value, best_index = value, index
-        else:
-            better = value > best_value
-            best_value = torch.where(better, value, best_value)
-            best_index = torch.where(better, index, best_index)
-        del chunk_probs
-
-    for constant_value in torch.unique(lowest[constant]):
-        class_ids = (constant & (lowest == constant_value)).nonzero().flatten()
-        shared = to_probabilities(class_ids[:1])
-        if probabilities is not None:
-            probabilities[class_ids] = shared
-            continue
-        value, index = shared[0], class_ids[0]
-        if best_value is None:
-            best_value, best_index = value, index.expand(value.shape).clone()
-        else:
-            better = value > best_value
-            tied_lower = (value == best_value) & (index < best_index)
-            best_value = torch.where(better, value, best_value)
-            best_index = torch.where(better | tied_lower, index, best_index)
-
-    if probabilities is not None:
-        return {"segmentation": probabilities.argmax(dim=0), "probabilities": probabilities}
-    return best_index
 
 
 __all__ = [

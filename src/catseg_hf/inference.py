@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .image_processing_catseg import _channels_first
+from .image_inputs_catseg import _channels_first
 from .vocabulary import Vocabulary
 
 
