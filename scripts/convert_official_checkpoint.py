@@ -5,7 +5,7 @@
         [--official-config config.json] [--bpe bpe_simple_vocab_16e6.txt.gz] [--overwrite]
 
 The folder holds `config.json`, `model.safetensors`, the modelling code (so it loads with `trust_remote_code=True`
-where catseg_hf is not installed) and a model card as `README.md`, ready for `push_to_hub`. With `--bpe`, the image
+where catseg_hf is not installed) and a model card as `README.md` (`catseg_hf.conversion.model_card`), ready for `push_to_hub`. With `--bpe`, the image
 processor and the CLIP tokenizer are saved too, so the folder is complete for `CATSegProcessor`, `AutoProcessor`
 and `pipeline(...)`.
 
@@ -19,34 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
-
-MODEL_CARDS = Path(__file__).resolve().parents[1] / "model_cards"
-
-
-def model_card_for(config, variant: str | None) -> str:
-    """The released model's card when the checkpoint has that model's geometry, else a plain description."""
-    from catseg_hf.configuration_catseg import released_variant
-
-    released = released_variant(config)
-    if released is not None and variant in (None, released) and (MODEL_CARDS / f"catseg-{released}.md").is_file():
-        return (MODEL_CARDS / f"catseg-{released}.md").read_text()
-    from huggingface_hub import ModelCardData
-
-    metadata = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="image-segmentation",
-        license="mit",
-        tags=["catseg", "open-vocabulary-segmentation"],
-    )
-    vision = config.clip_config.vision_config
-    return (
-        f"---\n{metadata.to_yaml()}\n---\n\n# CAT-Seg (converted checkpoint)\n\n"
-        f"A CAT-Seg checkpoint converted with catseg-hf: CLIP vision width {vision.hidden_size}, "
-        f"{vision.num_hidden_layers} layers, patch {vision.patch_size}, run at {config.clip_resolution} px. "
-        "It does not have the geometry of a released model; no benchmark numbers apply to it.\n"
-    )
-
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
@@ -66,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Imported after parsing, so that --help and argument errors do not wait for torch and transformers.
     from catseg_hf.conversion import ConversionError, convert_official_checkpoint
+    from catseg_hf.conversion.model_card import model_card_for
 
     try:
         model = convert_official_checkpoint(
