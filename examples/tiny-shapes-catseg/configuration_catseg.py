@@ -261,9 +261,11 @@ class CATSegConfig(PretrainedConfig):
         """The configuration of a released CAT-Seg model.
 
         Args:
-            variant: `"base"` (CLIP ViT-B/16 at 384 px, guidance taps [3, 7]) or `"large"` (CLIP ViT-L/14@336 at
+            variant (`str`):
+                `"base"` (CLIP ViT-B/16 at 384 px, guidance taps [3, 7]) or `"large"` (CLIP ViT-L/14@336 at
                 336 px, taps [7, 15]).
-            kwargs: overrides of any other field.
+            kwargs (`Any`):
+                Overrides of any other field.
         """
         if variant not in PRESETS:
             raise ValueError(f"Unknown CAT-Seg variant {variant!r}; choose one of {sorted(PRESETS)}.")

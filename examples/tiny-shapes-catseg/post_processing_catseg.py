@@ -1,5 +1,6 @@
-"""Post-processing for CAT-Seg: logits to label maps (and scores), and the sliding window's geometry it shares with
-preprocessing.
+"""Post-processing for CAT-Seg: logits to label maps (and scores), and the sliding window's geometry.
+
+The sliding window's checks and view count are shared with preprocessing (`image_processing_catseg.py`).
 
 Whole mode: sigmoid, (crop to the input size,) resize to the target size. Sliding mode: per-tile sigmoid, tiles folded
 onto the canvas and averaged with the global view, resize to the target size. The label is the arg-max over classes.

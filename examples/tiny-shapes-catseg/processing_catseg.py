@@ -230,7 +230,7 @@ class CATSegProcessor(ProcessorMixin):
                 P templates with one `{}` each (default: `self.prompt_templates`).
             return_tensors (`str`, *optional*, defaults to `"pt"`):
                 `"pt"`, `"np"`, or `None` for nested lists.
-            text_kwargs (*optional*):
+            text_kwargs (`dict[str, Any]`, *optional*):
                 Tokenizer arguments: `padding` (`"max_length"`, the default, or `"longest"`/`True`; `False` only
                 with `return_tensors=None`), `truncation` (default `True`), `max_length` (default and upper bound:
                 the context length of the text encoder, [`~CATSegProcessor.context_length`]), `pad_to_multiple_of`,

@@ -1,6 +1,7 @@
-"""Reading the images given to CAT-Seg's image processor: PIL images (16-bit and palette modes, band by band), numpy
-arrays and torch tensors into one float32 `(C, H, W)` tensor on the 0-255 scale, with the channel axis, size limit and
-finite-value checks.
+"""Reading the images given to CAT-Seg's image processor into one float32 `(C, H, W)` tensor on the 0-255 scale.
+
+PIL images (16-bit and palette modes, band by band), numpy arrays and torch tensors, with the channel axis, size
+limit and finite-value checks.
 
 This file must only import torch, numpy, PIL and transformers: it is copied into saved model folders next to
 `image_processing_catseg.py` (which imports it relatively), so that they load with `trust_remote_code=True` where

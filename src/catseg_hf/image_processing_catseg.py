@@ -1,5 +1,6 @@
-"""Image processor for CAT-Seg: CLIP views of each image (preprocessing); its post-processing method runs
-`post_processing_catseg.py`.
+"""Image processor for CAT-Seg: the CLIP views of each image (preprocessing) and the settings they are made with.
+
+Images are read by `image_inputs_catseg.py`; `post_process_semantic_segmentation` runs `post_processing_catseg.py`.
 
 This file must only import torch, numpy, PIL, transformers and (relatively) our own processing files: it is copied
 into saved model folders so that they load with `trust_remote_code=True` where `catseg_hf` is not installed.

@@ -128,13 +128,19 @@ def segment(
     """Label maps of one or several images (paths, URLs, PIL images or arrays; any sizes) in one model call.
 
     Args:
-        model: a CAT-Seg model (eval mode).
-        processor: its `CATSegProcessor`.
-        images: one image or a list of images.
-        vocabulary ([`~catseg_hf.vocabulary.Vocabulary`]): the classes, embedded once; `None`: the model's default
+        model (`Any`):
+            A CAT-Seg model (eval mode).
+        processor (`Any`):
+            Its `CATSegProcessor`.
+        images (`Any`):
+            One image or a list of images.
+        vocabulary ([`~catseg_hf.vocabulary.Vocabulary`]):
+            The classes, embedded once; `None`: the model's default
             vocabulary.
-        mode (`str`, *optional*): `"sliding"` or `"whole"` (default: the processor's).
-        target_sizes (`list[tuple[int, int]]`, *optional*): output sizes (default: each image's size).
+        mode (`str`, *optional*):
+            `"sliding"` or `"whole"` (default: the processor's).
+        target_sizes (`list[tuple[int, int]]`, *optional*):
+            Output sizes (default: each image's size).
 
     Returns:
         One int64 `(height, width)` map of class ids per image.

@@ -224,8 +224,10 @@ def label_map_to_annotations(label_map: torch.Tensor | np.ndarray, labels: Seque
     """The `image-segmentation` pipeline's semantic output for one label map.
 
     Args:
-        label_map: an integer `(height, width)` map of class ids (indices into `labels`).
-        labels: the class names.
+        label_map (`torch.Tensor | np.ndarray`):
+            An integer `(height, width)` map of class ids (indices into `labels`).
+        labels (`Sequence[str]`):
+            The class names.
 
     Returns:
         One `{"score": None, "label": name, "mask": PIL "L" image (0/255)}` per class id present, in id order.
@@ -278,11 +280,15 @@ def set_default_vocabulary(
     catseg_hf is not installed.
 
     Args:
-        model: a `CATSegForSemanticSegmentation` (changed in place).
-        processor: its `CATSegProcessor` (tokenizer and default prompt templates).
-        class_names (`list[str]`): the class names in label-id order (a name `"a, b"` lists synonyms of one class;
+        model (`Any`):
+            A `CATSegForSemanticSegmentation` (changed in place).
+        processor (`Any`):
+            Its `CATSegProcessor` (tokenizer and default prompt templates).
+        class_names (`list[str]`):
+            The class names in label-id order (a name `"a, b"` lists synonyms of one class;
             a single string is one class).
-        prompt_templates (`list[str]`, *optional*): default: the processor's.
+        prompt_templates (`list[str]`, *optional*):
+            Default: the processor's.
 
     Raises:
         ValueError: for invalid class names or templates, or a number of templates the model was not built for.

@@ -44,8 +44,10 @@ def load_clip_bpe_merges(bpe_path: str | os.PathLike, num_merges: int = CLIP_NUM
     """Reads the merge list of a CLIP BPE file (`.txt.gz` or plain text).
 
     Args:
-        bpe_path: path of `bpe_simple_vocab_16e6.txt.gz` (or its decompressed copy).
-        num_merges: how many merges to keep after the header line (OpenAI keeps 48894).
+        bpe_path (`str | os.PathLike`):
+            Path of `bpe_simple_vocab_16e6.txt.gz` (or its decompressed copy).
+        num_merges (`int`, *optional*, defaults to `CLIP_NUM_MERGES`):
+            How many merges to keep after the header line (OpenAI keeps 48894).
 
     Returns:
         The merges as `(left, right)` pairs, in priority order.
@@ -108,8 +110,10 @@ def build_clip_tokenizer(
     The tokenizer saves with `save_pretrained` and reloads with `AutoTokenizer.from_pretrained`.
 
     Args:
-        bpe_path: OpenAI's `bpe_simple_vocab_16e6.txt.gz` (gzip or plain text).
-        model_max_length: context length of the CLIP text encoder (77).
+        bpe_path (`str | os.PathLike`):
+            OpenAI's `bpe_simple_vocab_16e6.txt.gz` (gzip or plain text).
+        model_max_length (`int`, *optional*, defaults to `CLIP_CONTEXT_LENGTH`):
+            Context length of the CLIP text encoder (77).
 
     Returns:
         The tokenizer (vocabulary size 49408).

@@ -71,7 +71,8 @@ def display_image(image: Any) -> Image.Image:
     replicated and alpha dropped (not composited).
 
     Args:
-        image: a PIL image, or an `(H, W)`, `(H, W, C)` or `(C, H, W)` numpy array / torch tensor (C = 1 to 4),
+        image (`Any`):
+            A PIL image, or an `(H, W)`, `(H, W, C)` or `(C, H, W)` numpy array / torch tensor (C = 1 to 4),
             as the image processor takes them (channels last preferred for arrays, first for tensors).
     """
     if isinstance(image, Image.Image):
@@ -163,11 +164,16 @@ def overlay_image(
     """The image with each class region tinted by its colour and outlined in its exact colour (no legend).
 
     Args:
-        image: the segmented image (see [`display_image`] for what is accepted).
-        label_map: `(H, W)` class ids at the image size.
-        num_classes: the number of classes (the palette size).
-        alpha: share of the class colour in the tint, in [0, 1]; 1 paints the regions in their plain colours.
-        outline_width: outline width in pixels; default: 1 per 256 pixels of the shorter side, at least 1. 0: none.
+        image (`Any`):
+            The segmented image (see [`display_image`] for what is accepted).
+        label_map (`Any`):
+            `(H, W)` class ids at the image size.
+        num_classes (`int`):
+            The number of classes (the palette size).
+        alpha (`float`, *optional*, defaults to `OVERLAY_ALPHA`):
+            Share of the class colour in the tint, in [0, 1]; 1 paints the regions in their plain colours.
+        outline_width (`int`, *optional*):
+            Outline width in pixels; default: 1 per 256 pixels of the shorter side, at least 1. 0: none.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
@@ -244,11 +250,17 @@ def draw_overlay(
     swatches are the exact colours of the region outlines, and with `alpha=1` of the whole regions.
 
     Args:
-        image: the segmented image: PIL (any mode the image processor reads, 16-bit included) or array.
-        label_map: `(H, W)` class ids (numpy or torch) at the image size, e.g. `post_process_semantic_segmentation`'s
+        image (`Any`):
+            The segmented image: PIL (any mode the image processor reads, 16-bit included) or array.
+        label_map (`Any`):
+            `(H, W)` class ids (numpy or torch) at the image size, e.g. `post_process_semantic_segmentation`'s
             output for `target_sizes=[(H, W)]`.
-        labels: the class names, indexed by class id.
-        alpha, outline_width: see [`overlay_image`].
+        labels (`Sequence[str]`):
+            The class names, indexed by class id.
+        alpha (`float`, *optional*, defaults to `OVERLAY_ALPHA`):
+            See [`overlay_image`].
+        outline_width (`int`, *optional*):
+            See [`overlay_image`].
 
     Returns:
         An RGB PIL image: the overlay on top, the legend below it.

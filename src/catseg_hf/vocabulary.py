@@ -20,9 +20,11 @@ class Vocabulary:
     """Class names with their CAT-Seg class embeddings.
 
     Args:
-        class_names (`tuple[str, ...]`): the names, in label-id order.
-        class_embeddings (`torch.FloatTensor` of shape `(T, P, C)`): one embedding per class and prompt template, as
-            `model.get_class_embeddings` returns them; pass them to the model as `class_embeddings=`.
+        class_names (`tuple[str, ...]`):
+            The names, in label-id order.
+        class_embeddings (`torch.FloatTensor` of shape `(T, P, C)`):
+            One embedding per class and prompt template, as `model.get_class_embeddings` returns them; pass them to
+            the model as `class_embeddings=`.
     """
 
     class_names: tuple[str, ...]
@@ -43,10 +45,14 @@ class Vocabulary:
         model's text tower, without gradients, on the model's device.
 
         Args:
-            model: a CAT-Seg model (anything with `get_class_embeddings`).
-            processor: its `CATSegProcessor`.
-            class_names (`str` or `list[str]`): one name or a list (a name `"a, b"` lists synonyms of one class).
-            prompt_templates (`list[str]`, *optional*): default: the processor's.
+            model (`Any`):
+                A CAT-Seg model (anything with `get_class_embeddings`).
+            processor (`Any`):
+                Its `CATSegProcessor`.
+            class_names (`str` or `list[str]`):
+                One name or a list (a name `"a, b"` lists synonyms of one class).
+            prompt_templates (`list[str]`, *optional*):
+                Default: the processor's.
         """
         names = [class_names] if isinstance(class_names, str) else list(class_names)
         tokens = processor.encode_class_names(names, prompt_templates=prompt_templates, return_tensors="pt")

@@ -49,15 +49,22 @@ def convert_official_checkpoint(
     that was there is untouched.
 
     Args:
-        checkpoint: `.pth` (detectron2) or `.safetensors` file.
-        output_dir: where to save the model folder; it must not exist, be empty, or (with `overwrite`) be replaced.
-        variant: `"base"` or `"large"` preset for the hyperparameters that cannot be read off tensor shapes
+        checkpoint (`str | Path`):
+            `.pth` (detectron2) or `.safetensors` file.
+        output_dir (`str | Path`, *optional*):
+            Where to save the model folder; it must not exist, be empty, or (with `overwrite`) be replaced.
+        variant (`str`, *optional*):
+            `"base"` or `"large"` preset for the hyperparameters that cannot be read off tensor shapes
             (inferred from the CLIP width when omitted).
-        official_config: path to, or content of, an official config JSON in the fixtures' `config.json` format.
-        model_card: text written as the folder's `README.md`, or a function of the converted config that returns it.
-        bpe_path: CLIP BPE merges file (`bpe_simple_vocab_16e6.txt.gz`): also saves the `CATSegProcessor` (image
+        official_config (`str | Path | dict`, *optional*):
+            Path to, or content of, an official config JSON in the fixtures' `config.json` format.
+        model_card (`str | Callable[[CATSegConfig], str]`, *optional*):
+            Text written as the folder's `README.md`, or a function of the converted config that returns it.
+        bpe_path (`str | Path`, *optional*):
+            CLIP BPE merges file (`bpe_simple_vocab_16e6.txt.gz`): also saves the `CATSegProcessor` (image
             processor and tokenizer), so the folder is complete for `AutoProcessor` and `pipeline(...)`.
-        overwrite: replace a non-empty `output_dir` (only once the new folder is complete). It may not hold an
+        overwrite (`bool`, *optional*, defaults to `False`):
+            Replace a non-empty `output_dir` (only once the new folder is complete). It may not hold an
             input of the conversion.
 
     Returns:

@@ -1,5 +1,6 @@
-"""Model cards of converted checkpoints: the released models' cards (`model_cards/catseg-{base,large}.md`) and the
-plain card of any other geometry, built with `huggingface_hub.ModelCard` / `ModelCardData`.
+"""Model cards of converted checkpoints, built with `huggingface_hub.ModelCard` / `ModelCardData`.
+
+The released models' cards (`model_cards/catseg-{base,large}.md`) and the plain card of any other geometry.
 
 The released cards' `model-index` holds the mIoU the CAT-Seg paper publishes (Cho et al., CVPR 2024; the official
 README table), read from the benchmark registry (`evaluation.benchmarks`), with the registry's Hub dataset id where

@@ -73,27 +73,32 @@ def pad_and_resize_images(
 
 
 class CATSegTrainingCollator:
-    """Collate ``{"image", "label"}`` examples into CAT-Seg model inputs.
+    """Collate `{"image", "label"}` examples into CAT-Seg model inputs.
 
     Args:
-        class_token_inputs: tokenised class prompts produced once by the processor, e.g.
-            ``{"input_ids": LongTensor (T, P, 77), "attention_mask": LongTensor (T, P, 77)}``;
-            every batch gets these tensors unchanged. ``None`` adds no text inputs.
-        image_processor: the [`~catseg_hf.CATSegImageProcessor`] whose whole-mode preprocessing makes the
+        class_token_inputs (`Mapping[str, torch.Tensor]`, *optional*):
+            Tokenised class prompts produced once by the processor, e.g.
+            `{"input_ids": LongTensor (T, P, 77), "attention_mask": LongTensor (T, P, 77)}`;
+            every batch gets these tensors unchanged. `None` adds no text inputs.
+        image_processor (`CATSegImageProcessor`, *optional*):
+            The [`~catseg_hf.CATSegImageProcessor`] whose whole-mode preprocessing makes the
             batch (normalisation, `size_divisibility`, `clip_resolution`); default: one with CAT-Seg's defaults.
             Use the processor the model is saved with (`processor.image_processor`).
-        clip_resolution: size the padded batch is resized to (int or ``(height, width)``); default: the image
+        clip_resolution (`int | Sequence[int]`, *optional*):
+            Size the padded batch is resized to (int or `(height, width)`); default: the image
             processor's.
-        ignore_index: label value for padded pixels.
-        image_processor_kwargs: per-batch overrides of the image processor's settings, e.g. `image_mean`,
+        ignore_index (`int`, *optional*, defaults to `255`):
+            Label value for padded pixels.
+        image_processor_kwargs (`Any`):
+            Per-batch overrides of the image processor's settings, e.g. `image_mean`,
             `image_std`, `size_divisibility`.
 
-    Each example needs ``image`` (PIL, uint8 ``(H, W, 3)`` numpy, or a ``(3, H, W)`` tensor on
-    the 0-255 scale) and ``label`` (``(H, W)`` class ids). Returns a dict with ``pixel_values``
-    float32 ``(B, 3, R, R)``, ``labels`` int64 ``(B, H_pad, W_pad)`` and the class-token tensors.
+    Each example needs `image` (PIL, uint8 `(H, W, 3)` numpy, or a `(3, H, W)` tensor on
+    the 0-255 scale) and `label` (`(H, W)` class ids). Returns a dict with `pixel_values`
+    float32 `(B, 3, R, R)`, `labels` int64 `(B, H_pad, W_pad)` and the class-token tensors.
 
-    Note: with ``transformers.Trainer`` set ``remove_unused_columns=False`` so that the
-    ``image``/``label`` columns reach this collator.
+    Note: with `transformers.Trainer` set `remove_unused_columns=False` so that the
+    `image`/`label` columns reach this collator.
     """
 
     def __init__(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +53,13 @@ def pair_files_by_stem(
     """Pair images with masks that have the same file stem; returns absolute paths, sorted.
 
     Args:
-        on_unmatched: `"error"` (default) raises, listing the unmatched stems;
+        on_unmatched (`str`, *optional*, defaults to `"error"`):
+            `"error"` (default) raises, listing the unmatched stems;
             `"skip_images"` drops images without a mask (for layouts whose image folder is a
             superset, like VOC's `JPEGImages`) but still raises for masks without an image;
             `"skip"` drops unmatched files on both sides with a warning.
-        recursive: pair by path relative to the folders (sub-folders allowed).
+        recursive (`bool`, *optional*, defaults to `False`):
+            Pair by path relative to the folders (sub-folders allowed).
     """
     if on_unmatched not in ("error", "skip", "skip_images"):
         raise ValueError(f"on_unmatched must be 'error', 'skip' or 'skip_images', got {on_unmatched!r}.")

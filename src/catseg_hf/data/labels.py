@@ -66,11 +66,16 @@ def remap_labels(
     """Remap the class ids of a label array (see the module docstring for the rules).
 
     Args:
-        label: integer label map (any shape; uint8/uint16 use a lookup table over all their values).
-        reduce_labels: 0 -> `ignore_index`, other ids -1 (`ignore_index` stays).
-        label_map: `{old: new}`, entries applied in order (they chain, as in the hub `mean_iou` metric).
-        ignore_index: the ignore value of the output.
-        source_ignore_value: ignore value used by the files, mapped to `ignore_index` first.
+        label (`np.ndarray`):
+            Integer label map (any shape; uint8/uint16 use a lookup table over all their values).
+        reduce_labels (`bool`, *optional*, defaults to `False`):
+            0 -> `ignore_index`, other ids -1 (`ignore_index` stays).
+        label_map (`Mapping[int, int]`, *optional*):
+            `{old: new}`, entries applied in order (they chain, as in the hub `mean_iou` metric).
+        ignore_index (`int`, *optional*, defaults to `255`):
+            The ignore value of the output.
+        source_ignore_value (`int`, *optional*):
+            Ignore value used by the files, mapped to `ignore_index` first.
 
     Returns:
         an int64 array of the same shape.

@@ -241,7 +241,8 @@ def load_segmentation_dataset(
     """Load a semantic-segmentation dataset with standard `image` / `label` columns, lazily.
 
     Args:
-        source: one of
+        source (`str | os.PathLike | Sequence[str | os.PathLike]`, *optional*):
+            One of
 
             * a Hub dataset id (`"GATE-engine/COCOStuff164K"`);
             * a parquet file, glob or directory of parquet files;
@@ -249,25 +250,39 @@ def load_segmentation_dataset(
             * a `(image_dir, mask_dir)` pair (or use `image_dir=` / `mask_dir=`);
             * with `layout=`: the data root holding CAT-Seg's prepared datasets (default:
               `$DETECTRON2_DATASETS` or `"datasets"`, as in the official code).
-        split: `"train"`, `"validation"` (aliases `"val"`, `"test"` for the official
+        split (`str`, *optional*, defaults to `"train"`):
+            `"train"`, `"validation"` (aliases `"val"`, `"test"` for the official
             evaluation sets), or any split name of the source.
-        image_column, label_column: source column names; auto-detected when omitted (see
-            [`IMAGE_COLUMN_CANDIDATES`], [`LABEL_COLUMN_CANDIDATES`]), then renamed to
-            `image` and `label`.
-        streaming: return an [`datasets.IterableDataset`] (no Arrow cache is written for
+        image_column (`str`, *optional*):
+            Source image column; auto-detected when omitted (see [`IMAGE_COLUMN_CANDIDATES`]), then renamed to
+            `image`.
+        label_column (`str`, *optional*):
+            Source label column; auto-detected when omitted (see [`LABEL_COLUMN_CANDIDATES`]), then renamed to
+            `label`.
+        streaming (`bool`, *optional*, defaults to `False`):
+            Return an [`datasets.IterableDataset`] (no Arrow cache is written for
             hub/parquet sources).
-        layout: a key of [`OFFICIAL_LAYOUTS`] (`"coco_stuff"`, `"ade150"`, `"ade847"`,
+        layout (`str`, *optional*):
+            A key of [`OFFICIAL_LAYOUTS`] (`"coco_stuff"`, `"ade150"`, `"ade847"`,
             `"pc59"`, `"pc459"`, `"voc20"`, `"voc20b"`).
-        reduce_labels, label_map: label remapping (module docstring); applied on access.
-        ignore_index: ignore value of the returned labels. Default: 255, or the layout's own
+        reduce_labels (`bool`, *optional*, defaults to `False`):
+            Label remapping (module docstring); applied on access.
+        label_map (`Mapping[int, int]`, *optional*):
+            Label remapping (module docstring); applied on access.
+        ignore_index (`int`, *optional*):
+            Ignore value of the returned labels. Default: 255, or the layout's own
             ignore value for layouts (65535 for ADE-847, 459 for PASCAL-Context-459).
-        source_ignore_value: ignore value stored in the files, remapped to `ignore_index`
+        source_ignore_value (`int`, *optional*):
+            Ignore value stored in the files, remapped to `ignore_index`
             (e.g. 65535 -> 255). For layouts it defaults to the layout's ignore value.
-        on_unmatched: how unpaired folder files are handled (see [`pair_files_by_stem`]);
+        on_unmatched (`str`, *optional*):
+            How unpaired folder files are handled (see [`pair_files_by_stem`]);
             default `"error"`, and `"skip_images"` for layouts (their image folders are
             supersets of the annotated images).
-        recursive: search image/mask folders recursively (pairing by relative path).
-        **load_kwargs: forwarded to [`datasets.load_dataset`] (e.g. `name`,
+        recursive (`bool`, *optional*, defaults to `False`):
+            Search image/mask folders recursively (pairing by relative path).
+        **load_kwargs (`Any`):
+            Forwarded to [`datasets.load_dataset`] (e.g. `name`,
             `revision`, `cache_dir`, `token`).
 
     Returns:

@@ -3,25 +3,25 @@
 The official CAT-Seg training data path (detectron2's MaskFormer semantic dataset mapper with
 the CAT-Seg COCO-Stuff config) applies, in this order:
 
-1. ``ResizeShortestEdge(384, max_size=1333)`` -- the shorter side becomes 384 (1333 is
-   detectron2's default ``INPUT.MAX_SIZE_TRAIN``, which the CAT-Seg configs do not override);
+1. `ResizeShortestEdge(384, max_size=1333)` -- the shorter side becomes 384 (1333 is
+   detectron2's default `INPUT.MAX_SIZE_TRAIN`, which the CAT-Seg configs do not override);
    the image is resized bilinearly with PIL, the label with nearest neighbour;
-2. ``RandomCrop_CategoryAreaConstraint("absolute", (384, 384), SINGLE_CATEGORY_MAX_AREA)`` --
-   the crop is clipped to the image size; with ``cat_max_ratio < 1`` it retries up to 10
-   times until no single category covers ``cat_max_ratio`` or more of the crop (the ignore
+2. `RandomCrop_CategoryAreaConstraint("absolute", (384, 384), SINGLE_CATEGORY_MAX_AREA)` --
+   the crop is clipped to the image size; with `cat_max_ratio < 1` it retries up to 10
+   times until no single category covers `cat_max_ratio` or more of the crop (the ignore
    label does not count, and a crop with a single category never qualifies); the official
    value is 1.0, i.e. disabled;
-3. ``ColorAugSSDTransform`` -- SSD photometric distortion on the uint8 image;
-4. ``RandomFlip`` -- horizontal, p = 0.5;
+3. `ColorAugSSDTransform` -- SSD photometric distortion on the uint8 image;
+4. `RandomFlip` -- horizontal, p = 0.5;
 5. padding of the image (value 128, *before* normalisation) and of the label (ignore value)
    to the crop size when the resized image is smaller than the crop.
 
-:func:`train_transform` re-implements that pipeline with numpy/PIL/torch and an explicit
-``numpy.random.Generator`` (so it is deterministic given a seed). Outputs are an RGB uint8
-``(H, W, 3)`` image and an int64 ``(H, W)`` label.
+[`train_transform`] re-implements that pipeline with numpy/PIL/torch and an explicit
+`numpy.random.Generator` (so it is deterministic given a seed). Outputs are an RGB uint8
+`(H, W, 3)` image and an int64 `(H, W)` label.
 
-For evaluation the processor handles model-side resizing; :func:`resize_shortest_edge`
-provides detectron2's test-time ``ResizeShortestEdge(640, max_size=2560)`` for the evaluation
+For evaluation the processor handles model-side resizing; [`resize_shortest_edge`]
+provides detectron2's test-time `ResizeShortestEdge(640, max_size=2560)` for the evaluation
 script.
 """
 
@@ -68,10 +68,10 @@ CROP_RETRIES = 10
 
 
 def to_uint8_rgb(image: Any) -> np.ndarray:
-    """Convert a PIL image / numpy array to a contiguous uint8 ``(H, W, 3)`` RGB array.
+    """Convert a PIL image / numpy array to a contiguous uint8 `(H, W, 3)` RGB array.
 
     Grayscale inputs are repeated to three channels and an alpha channel is dropped, which is
-    what detectron2's ``read_image(format="RGB")`` does for such files.
+    what detectron2's `read_image(format="RGB")` does for such files.
     """
     if isinstance(image, Image.Image):
         if image.mode != "RGB":
@@ -102,8 +102,8 @@ def to_uint8_rgb(image: Any) -> np.ndarray:
 def to_label_array(label: Any) -> np.ndarray:
     """Convert a PIL / numpy label map to a 2-D integer numpy array, keeping its values.
 
-    16-bit PIL images (modes ``"I;16"``, ``"I"``) keep their full range -- they are never sent
-    through mode ``"L"``, which would clip ADE-847 / PASCAL-Context-459 ids.
+    16-bit PIL images (modes `"I;16"`, `"I"`) keep their full range -- they are never sent
+    through mode `"L"`, which would clip ADE-847 / PASCAL-Context-459 ids.
     """
     if isinstance(label, Image.Image):
         if label.mode in ("RGB", "RGBA"):
@@ -134,10 +134,10 @@ def to_label_array(label: Any) -> np.ndarray:
 
 
 def shortest_edge_size(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
-    """New ``(height, width)`` for detectron2's ``ResizeShortestEdge``.
+    """New `(height, width)` for detectron2's `ResizeShortestEdge`.
 
-    The shorter side becomes ``short``; if the longer side would then exceed ``max_size`` the
-    scale is reduced so that it equals ``max_size``. Sizes are rounded half up, as detectron2 does.
+    The shorter side becomes `short`; if the longer side would then exceed `max_size` the
+    scale is reduced so that it equals `max_size`. Sizes are rounded half up, as detectron2 does.
     """
     scale = short / min(height, width)
     if height < width:
@@ -159,9 +159,9 @@ def _resize_image_array(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def resize_label_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map to ``(height, width)``, keeping the dtype.
+    """Nearest-neighbour resize of a label map to `(height, width)`, keeping the dtype.
 
-    Uses ``torch.nn.functional.interpolate(mode="nearest")`` on float64, exactly like detectron2
+    Uses `torch.nn.functional.interpolate(mode="nearest")` on float64, exactly like detectron2
     does for (double) segmentation maps, so indices match the official pipeline and 16-bit ids
     are preserved.
     """
@@ -179,16 +179,20 @@ def resize_shortest_edge(
     max_size: int = DEFAULT_MAX_SIZE_TEST,
     interpolation: str = "bilinear",
 ):
-    """Resize so the shorter side is ``short`` (longer side capped at ``max_size``).
+    """Resize so the shorter side is `short` (longer side capped at `max_size`).
 
-    This is detectron2's test-time ``ResizeShortestEdge(640, 2560)`` used by the official
+    This is detectron2's test-time `ResizeShortestEdge(640, 2560)` used by the official
     CAT-Seg evaluation. Accepts a PIL image (returns PIL) or a numpy array (returns numpy).
 
     Args:
-        image: PIL image, uint8 ``(H, W, 3)`` array, or a 2-D label map.
-        short: target length of the shorter side.
-        max_size: cap on the longer side.
-        interpolation: ``"bilinear"`` for images, ``"nearest"`` for label maps.
+        image (`Any`):
+            PIL image, uint8 `(H, W, 3)` array, or a 2-D label map.
+        short (`int`, *optional*, defaults to `DEFAULT_MIN_SIZE_TEST`):
+            Target length of the shorter side.
+        max_size (`int`, *optional*, defaults to `DEFAULT_MAX_SIZE_TEST`):
+            Cap on the longer side.
+        interpolation (`str`, *optional*, defaults to `"bilinear"`):
+            `"bilinear"` for images, `"nearest"` for label maps.
     """
     if interpolation not in ("bilinear", "nearest"):
         raise ValueError(f"interpolation must be 'bilinear' or 'nearest', got {interpolation!r}.")
@@ -231,11 +235,11 @@ def sample_crop(
     cat_max_ratio: float = 1.0,
     ignore_index: int | None = 255,
 ) -> tuple[int, int, int, int]:
-    """Choose a random crop window ``(y0, x0, height, width)`` (detectron2 semantics).
+    """Choose a random crop window `(y0, x0, height, width)` (detectron2 semantics).
 
-    The window is ``crop_size`` clipped to the label size. With ``cat_max_ratio < 1`` up to 10
-    windows are tried until one has more than one category (``ignore_index`` not counted) and
-    its largest category covers less than ``cat_max_ratio`` of the counted pixels; if none
+    The window is `crop_size` clipped to the label size. With `cat_max_ratio < 1` up to 10
+    windows are tried until one has more than one category (`ignore_index` not counted) and
+    its largest category covers less than `cat_max_ratio` of the counted pixels; if none
     qualifies, the last window is used.
     """
     height, width = label.shape[:2]
@@ -274,7 +278,7 @@ _SECTOR_BGR = np.array([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [
 def rgb_to_hsv_uint8(image: np.ndarray) -> np.ndarray:
     """RGB uint8 -> HSV uint8 with OpenCV's 8-bit conventions (H in [0, 180), S and V in [0, 255]).
 
-    Equivalent to ``cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)`` on the same pixels (HSV does not
+    Equivalent to `cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)` on the same pixels (HSV does not
     depend on the channel order of the input once it is interpreted correctly).
     """
     rgb = image.astype(np.int64)
@@ -322,17 +326,17 @@ def color_aug_ssd(
     saturation_range: tuple[float, float] = (0.5, 1.5),
     hue_delta: int = 18,
 ) -> np.ndarray:
-    """SSD-style photometric distortion of a uint8 RGB image (detectron2 ``ColorAugSSDTransform``).
+    """SSD-style photometric distortion of a uint8 RGB image (detectron2 `ColorAugSSDTransform`).
 
     Each step is applied with probability 0.5:
 
-    * brightness: add ``U(-brightness_delta, brightness_delta)``;
+    * brightness: add `U(-brightness_delta, brightness_delta)`;
     * then, in one of two random orders, either *contrast, saturation, hue* or
       *saturation, hue, contrast*:
 
-      - contrast: multiply by ``U(*contrast_range)``;
-      - saturation: multiply the HSV saturation by ``U(*saturation_range)``;
-      - hue: add a random integer in ``[-hue_delta, hue_delta]`` to the OpenCV hue (0-179, so
+      - contrast: multiply by `U(*contrast_range)`;
+      - saturation: multiply the HSV saturation by `U(*saturation_range)`;
+      - hue: add a random integer in `[-hue_delta, hue_delta]` to the OpenCV hue (0-179, so
         18 is 36 degrees), modulo 180.
 
     Every step clips to 0-255 and truncates to uint8 like the original. The original works on
@@ -387,25 +391,36 @@ def train_transform(
     color_aug: bool = True,
     image_pad_value: int = OFFICIAL_IMAGE_PAD_VALUE,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Apply the official CAT-Seg training augmentation to one ``(image, label)`` pair.
+    """Apply the official CAT-Seg training augmentation to one `(image, label)` pair.
 
     Args:
-        image: PIL image or uint8 ``(H, W, 3)`` RGB array.
-        label: PIL image or 2-D array of class ids (any integer width; 16-bit values are kept).
-        rng: source of randomness (``numpy.random.default_rng(seed)``).
-        crop_size: random crop size, int or ``(height, width)`` (official: 384).
-        min_size: target shorter side; a sequence means "pick one uniformly" (detectron2
-            ``"choice"`` sampling). Official: 384.
-        max_size: cap on the longer side after resizing (official/detectron2 default: 1333).
-        cat_max_ratio: category-area constraint of the crop; 1.0 (official) disables it.
-        ignore_index: label value ignored by the constraint and used to pad labels.
-        flip_prob: probability of a horizontal flip (official: 0.5).
-        color_aug: apply :func:`color_aug_ssd` (official: on).
-        image_pad_value: value used to pad the 0-255 image when it is smaller than the crop
+        image (`Any`):
+            PIL image or uint8 `(H, W, 3)` RGB array.
+        label (`Any`):
+            PIL image or 2-D array of class ids (any integer width; 16-bit values are kept).
+        rng (`np.random.Generator`):
+            Source of randomness (`numpy.random.default_rng(seed)`).
+        crop_size (`int | Sequence[int]`, *optional*, defaults to `DEFAULT_CROP_SIZE`):
+            Random crop size, int or `(height, width)` (official: 384).
+        min_size (`int | Sequence[int]`, *optional*, defaults to `DEFAULT_MIN_SIZE_TRAIN`):
+            Target shorter side; a sequence means "pick one uniformly" (detectron2
+            `"choice"` sampling). Official: 384.
+        max_size (`int`, *optional*, defaults to `DEFAULT_MAX_SIZE_TRAIN`):
+            Cap on the longer side after resizing (official/detectron2 default: 1333).
+        cat_max_ratio (`float`, *optional*, defaults to `1.0`):
+            Category-area constraint of the crop; 1.0 (official) disables it.
+        ignore_index (`int`, *optional*, defaults to `255`):
+            Label value ignored by the constraint and used to pad labels.
+        flip_prob (`float`, *optional*, defaults to `0.5`):
+            Probability of a horizontal flip (official: 0.5).
+        color_aug (`bool`, *optional*, defaults to `True`):
+            Apply [`color_aug_ssd`] (official: on).
+        image_pad_value (`int`, *optional*, defaults to `OFFICIAL_IMAGE_PAD_VALUE`):
+            Value used to pad the 0-255 image when it is smaller than the crop
             (official MaskFormer mapper: 128).
 
     Returns:
-        ``(image, label)``: uint8 ``(h, w, 3)`` RGB and int64 ``(h, w)``, where ``(h, w)`` is the
+        `(image, label)`: uint8 `(h, w, 3)` RGB and int64 `(h, w)`, where `(h, w)` is the
         crop size.
     """
     img = to_uint8_rgb(image)
@@ -453,10 +468,10 @@ def _worker_rng(seed: int | None) -> np.random.Generator:
     """A generator for the current process / DataLoader worker.
 
     Each DataLoader worker gets a fresh copy of the transform (every epoch, unless workers are
-    persistent). Mixing in torch's per-worker seed -- ``base_seed + worker_id``, where
-    ``base_seed`` is drawn from torch's main-process generator for every epoch -- keeps workers
+    persistent). Mixing in torch's per-worker seed -- `base_seed + worker_id`, where
+    `base_seed` is drawn from torch's main-process generator for every epoch -- keeps workers
     from repeating each other *and* epochs from repeating the previous one, while staying
-    reproducible under ``torch.manual_seed`` / ``transformers.set_seed``.
+    reproducible under `torch.manual_seed` / `transformers.set_seed`.
     """
     info = torch.utils.data.get_worker_info()
     if info is not None:
@@ -474,7 +489,7 @@ def transform_training_batch(
     transform_kwargs: Mapping[str, Any],
     transform_name: str,
 ) -> dict[str, list[np.ndarray]]:
-    """:func:`train_transform` applied to every example of a `datasets` batch, the i-th with the i-th generator.
+    """[`train_transform`] applied to every example of a `datasets` batch, the i-th with the i-th generator.
     `transform_name` names the calling transform in the error for missing columns."""
     if "image" not in batch or "label" not in batch:
         raise KeyError(
@@ -490,18 +505,18 @@ def transform_training_batch(
 
 
 class TrainTransform:
-    """Batch transform for ``datasets.Dataset.set_transform`` implementing :func:`train_transform`.
+    """Batch transform for `datasets.Dataset.set_transform` implementing [`train_transform`].
 
-    Called with a batch dict ``{"image": [...], "label": [...], ...}`` (PIL images or arrays), it
-    returns ``{"image": [uint8 (h, w, 3) arrays], "label": [int64 (h, w) arrays]}``; other columns
+    Called with a batch dict `{"image": [...], "label": [...], ...}` (PIL images or arrays), it
+    returns `{"image": [uint8 (h, w, 3) arrays], "label": [int64 (h, w) arrays]}`; other columns
     are dropped because the training collator does not use them.
 
-    With ``seed`` set, the stream of augmentations is deterministic for a given sequence of
-    calls in the main process (``num_workers=0``). Inside a ``torch`` DataLoader worker the
-    generator is seeded with ``(seed, torch worker seed)``: workers and epochs differ from each
-    other, and runs are reproducible when torch is seeded too (``transformers.set_seed``).
+    With `seed` set, the stream of augmentations is deterministic for a given sequence of
+    calls in the main process (`num_workers=0`). Inside a `torch` DataLoader worker the
+    generator is seeded with `(seed, torch worker seed)`: workers and epochs differ from each
+    other, and runs are reproducible when torch is seeded too (`transformers.set_seed`).
 
-    All keyword arguments are forwarded to :func:`train_transform` (see there for the official
+    All keyword arguments are forwarded to [`train_transform`] (see there for the official
     values).
     """
 
@@ -554,9 +569,9 @@ class TrainTransform:
 class EvalTransform:
     """Batch transform for evaluation: arrays out, labels untouched.
 
-    Images become uint8 ``(H, W, 3)`` RGB arrays, optionally resized with detectron2's test-time
-    :func:`resize_shortest_edge` (``short=640, max_size=2560`` in the official evaluation; the
-    default ``short=None`` leaves resizing to the processor). Labels become int64 arrays at
+    Images become uint8 `(H, W, 3)` RGB arrays, optionally resized with detectron2's test-time
+    [`resize_shortest_edge`] (`short=640, max_size=2560` in the official evaluation; the
+    default `short=None` leaves resizing to the processor). Labels become int64 arrays at
     their original resolution (metrics are computed there).
     """
 

@@ -128,12 +128,20 @@ class SegmentationDemo:
     """The model behind the page: one request at a time, with a cache of class embeddings.
 
     Args:
-        model: a CAT-Seg model (eval mode, on its device).
-        processor: its `CATSegProcessor`.
-        model_name: how the page names the model.
-        is_example_model: whether this is the tiny example model (the page then says what it is).
-        max_classes, max_image_pixels: limits of the page (see [`MAX_CLASSES`], [`MAX_IMAGE_PIXELS`]).
-        output_dir: where the downloads are written (default: a temporary folder).
+        model (`Any`):
+            A CAT-Seg model (eval mode, on its device).
+        processor (`Any`):
+            Its `CATSegProcessor`.
+        model_name (`str`, *optional*, defaults to `"CAT-Seg"`):
+            How the page names the model.
+        is_example_model (`bool`, *optional*, defaults to `False`):
+            Whether this is the tiny example model (the page then says what it is).
+        max_classes (`int`, *optional*, defaults to `MAX_CLASSES`):
+            Most class names the page accepts (see [`MAX_CLASSES`]).
+        max_image_pixels (`int`, *optional*, defaults to `MAX_IMAGE_PIXELS`):
+            Largest image the page accepts (see [`MAX_IMAGE_PIXELS`]).
+        output_dir (`str | Path`, *optional*):
+            Where the downloads are written (default: a temporary folder).
     """
 
     def __init__(
@@ -392,16 +400,26 @@ def build_demo(
     """The demo page.
 
     Args:
-        model: a CAT-Seg model, or a folder / Hub id to load one from (with its processor), or None for the tiny
+        model (`Any`, *optional*):
+            A CAT-Seg model, or a folder / Hub id to load one from (with its processor), or None for the tiny
             example model of the repository.
-        processor: the model's processor (when `model` is a model).
-        model_name: how the page names the model (default: the folder / Hub id).
-        is_example_model: whether to say on the page that this is the tiny example model (default: when `model` is
+        processor (`Any`, *optional*):
+            The model's processor (when `model` is a model).
+        model_name (`str`, *optional*):
+            How the page names the model (default: the folder / Hub id).
+        is_example_model (`bool`, *optional*):
+            Whether to say on the page that this is the tiny example model (default: when `model` is
             None).
-        device: where to load a model given by name: `"auto"` (cuda when available), `"cpu"`, `"cuda"`, or a device.
-        trust_remote_code: run the modelling code of the model folder instead of the installed catseg_hf.
-        max_classes, max_image_pixels: limits of the page.
-        output_dir: where the downloads are written before Gradio serves them (default: a temporary folder).
+        device (`str | torch.device`, *optional*, defaults to `"auto"`):
+            Where to load a model given by name: `"auto"` (cuda when available), `"cpu"`, `"cuda"`, or a device.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Run the modelling code of the model folder instead of the installed catseg_hf.
+        max_classes (`int`, *optional*, defaults to `MAX_CLASSES`):
+            Most class names the page accepts.
+        max_image_pixels (`int`, *optional*, defaults to `MAX_IMAGE_PIXELS`):
+            Largest image the page accepts.
+        output_dir (`str | Path`, *optional*):
+            Where the downloads are written before Gradio serves them (default: a temporary folder).
 
     Returns:
         A `gr.Blocks` with its queue set up; serve it with [`launch`].

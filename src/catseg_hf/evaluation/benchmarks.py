@@ -85,31 +85,56 @@ class Benchmark:
     """Immutable description of one evaluation benchmark.
 
     Attributes:
-        key: canonical short name (`"a150"`).
-        display_name: column name in the paper's table (`"A-150"`).
-        description: human-readable dataset and split.
-        num_classes: number of class names the model is prompted with (entries of the JSON file).
-        class_names_file: file name of the class-name list (`"ade150.json"`).
-        ignore_index: reference id that is not scored.
-        label_bit_depth: 8 or 16 (bits per annotation pixel).
-        image_dir: image folder relative to the data root (`$DETECTRON2_DATASETS`).
-        annotation_dir: annotation folder relative to the data root.
-        image_extension, annotation_extension: file extensions, with the dot.
-        detectron2_name: the official dataset name (`DATASETS.TEST` in `eval.sh`).
-        num_eval_labels: number of classes scored (`num_labels` of the metric): equals
+        key (`str`):
+            Canonical short name (`"a150"`).
+        display_name (`str`):
+            Column name in the paper's table (`"A-150"`).
+        description (`str`):
+            Human-readable dataset and split.
+        num_classes (`int`):
+            Number of class names the model is prompted with (entries of the JSON file).
+        class_names_file (`str`):
+            File name of the class-name list (`"ade150.json"`).
+        ignore_index (`int`):
+            Reference id that is not scored.
+        label_bit_depth (`int`):
+            8 or 16 (bits per annotation pixel).
+        image_dir (`str`):
+            Image folder relative to the data root (`$DETECTRON2_DATASETS`).
+        annotation_dir (`str`):
+            Annotation folder relative to the data root.
+        image_extension (`str`):
+            Image file extension, with the dot.
+        annotation_extension (`str`):
+            Annotation file extension, with the dot.
+        detectron2_name (`str`):
+            The official dataset name (`DATASETS.TEST` in `eval.sh`).
+        num_eval_labels (`int`):
+            Number of classes scored (`num_labels` of the metric): equals
             `num_classes` except for PAS-20b (21: 20 VOC classes + background).
-        background_index: PAS-20b only: predicted ids >= it are folded into it before scoring
+        background_index (`int`, *optional*):
+            PAS-20b only: predicted ids >= it are folded into it before scoring
             (see [`fold_predictions`]); None elsewhere.
-        reported_miou_base, reported_miou_large: official mIoU (percent) of CAT-Seg ViT-B/16 and
-            ViT-L/14; None where not reported (COCO-Stuff).
-        aliases: other accepted names (matched case-, space-, `-` and `_`-insensitively).
-        hub: an example Hub dataset, or None when none is known.
-        notes: provenance and caveats.
-        layout: the name of its prepared folder layout in `load_segmentation_dataset(layout=...)`
+        reported_miou_base (`float`, *optional*):
+            Official mIoU (percent) of CAT-Seg ViT-B/16; None where not reported (COCO-Stuff).
+        reported_miou_large (`float`, *optional*):
+            Official mIoU (percent) of CAT-Seg ViT-L/14; None where not reported (COCO-Stuff).
+        aliases (`tuple[str, ...]`, *optional*, defaults to `()`):
+            Other accepted names (matched case-, space-, `-` and `_`-insensitively).
+        hub (`HubSource`, *optional*):
+            An example Hub dataset, or None when none is known.
+        notes (`str`, *optional*, defaults to `""`):
+            Provenance and caveats.
+        layout (`str`, *optional*, defaults to `""`):
+            The name of its prepared folder layout in `load_segmentation_dataset(layout=...)`
             (`"ade150"`, `"coco_stuff"`, ...), a key of `OFFICIAL_LAYOUTS`.
-        prepare_script: the official script that writes the annotation folder.
-        train_image_dir, train_annotation_dir: training split folders, for the datasets CAT-Seg
-            trains on (COCO-Stuff; ADE-150 if its training annotations are converted the same way).
+        prepare_script (`str`, *optional*, defaults to `""`):
+            The official script that writes the annotation folder.
+        train_image_dir (`str`, *optional*):
+            Training image folder, for the datasets CAT-Seg trains on (COCO-Stuff; ADE-150 if its training
+            annotations are converted the same way).
+        train_annotation_dir (`str`, *optional*):
+            Training annotation folder, for the same datasets.
     """
 
     key: str
@@ -441,8 +466,8 @@ def default_class_names_dir() -> Path:
     """Folder searched for the class-name JSON files when none is given.
 
     `$CATSEG_SHARED_DIR/benchmarks` when the environment variable is set (it points at the
-    `shared` folder), else the copies shipped inside the package (``catseg_hf/evaluation/
-    class_names``), so that an installed package finds them wherever it runs.
+    `shared` folder), else the copies shipped inside the package (`catseg_hf/evaluation/
+    class_names`), so that an installed package finds them wherever it runs.
     """
     shared = os.environ.get("CATSEG_SHARED_DIR")
     if shared:
@@ -493,7 +518,8 @@ def load_class_names(
     """Class names (index = class id) of a benchmark or of any dataset: the one lookup of the project.
 
     Args:
-        source: one of
+        source (`Any`, *optional*):
+            One of
 
             - a [`Benchmark`] or any name [`get_benchmark`] accepts (`"a150"`, `"ADE-150"`,
               `"coco_stuff"`, ...): its JSON list, read from `path_or_dir` (a file, or a folder
@@ -504,9 +530,11 @@ def load_class_names(
             - a local folder: `id2label.json` / `class_names.json` / `classes.json` / `labels.json` in
               it, or the features of a `save_to_disk` folder;
             - a Hub dataset id: the same file names in the dataset repository, then its features.
-        path_or_dir: for a benchmark, where its list lives (see above); otherwise the same as
+        path_or_dir (`str | os.PathLike`, *optional*):
+            For a benchmark, where its list lives (see above); otherwise the same as
             `class_names_file`.
-        class_names_file: a JSON list of names (CAT-Seg's `datasets/*.json`) or an `{id: name}` /
+        class_names_file (`str | os.PathLike`, *optional*):
+            A JSON list of names (CAT-Seg's `datasets/*.json`) or an `{id: name}` /
             `{"id2label": {...}}` object; read instead of looking at `source` (for a benchmark, its
             length is checked).
 
@@ -533,11 +561,16 @@ class OfficialLayout:
     for `load_segmentation_dataset(layout=...)`.
 
     Attributes:
-        splits: split name -> `(image_dir, annotation_dir)`, relative to the data root.
-        num_classes: number of label ids in the prepared masks (PAS-20b: 21, background included).
-        ignore_index: ignore value stored in the prepared masks.
-        class_names_file: name of the class-name JSON (shipped with the package).
-        note: the preparation script, then provenance and caveats.
+        splits (`Mapping[str, tuple[str, str]]`):
+            Split name -> `(image_dir, annotation_dir)`, relative to the data root.
+        num_classes (`int`):
+            Number of label ids in the prepared masks (PAS-20b: 21, background included).
+        ignore_index (`int`, *optional*, defaults to `255`):
+            Ignore value stored in the prepared masks.
+        class_names_file (`str`, *optional*, defaults to `""`):
+            Name of the class-name JSON (shipped with the package).
+        note (`str`, *optional*, defaults to `""`):
+            The preparation script, then provenance and caveats.
     """
 
     splits: Mapping[str, tuple[str, str]]

@@ -49,11 +49,15 @@ def predict_label_maps(
     """One forward over a batch of images, then the processor's post-processing to `target_sizes`.
 
     Args:
-        pixel_values: the processor's `pixel_values` for the batch, one row per image (`(N, 3, R, R)` whole,
+        pixel_values (`Any`):
+            The processor's `pixel_values` for the batch, one row per image (`(N, 3, R, R)` whole,
             `(N, V, 3, R, R)` sliding).
-        class_embeddings: `(T, P, C)`, from a [`catseg_hf.vocabulary.Vocabulary`].
-        target_sizes: `(height, width)` of each image's annotation.
-        image_sizes: `(height, width)` of each image as the processor got it (the official whole-mode crop).
+        class_embeddings (`Any`):
+            `(T, P, C)`, from a [`catseg_hf.vocabulary.Vocabulary`].
+        target_sizes (`Sequence[tuple[int, int]]`):
+            `(height, width)` of each image's annotation.
+        image_sizes (`Sequence[tuple[int, int]]`):
+            `(height, width)` of each image as the processor got it (the official whole-mode crop).
 
     Returns:
         One int64 `(height, width)` label map per image, on the model's device.
@@ -241,21 +245,37 @@ def evaluate_benchmark(
     """Evaluate `model` on one benchmark with the official protocol (see the module docstring).
 
     Args:
-        model: a [`catseg_hf.CATSegForSemanticSegmentation`] in eval mode, on its device.
-        processor: the matching [`catseg_hf.CATSegProcessor`].
-        benchmark: the benchmark (or its name).
-        dataset: its examples (`image` / `label` columns), e.g. from [`load_benchmark_data`].
-        class_names: the benchmark's class names, in label-id order (`len == benchmark.num_classes`).
-        source: where the data came from (recorded in the results).
-        batch_size: images per forward (their views are concatenated in one batch).
-        mode: `"sliding"` (official) or `"whole"`.
-        limit: evaluate only the first `limit` examples (in the dataset's order).
-        num_workers: DataLoader workers decoding and resizing the images.
-        process_index, num_processes: this process's rank and the world size; process `r` takes the examples
-            `r, r + n, r + 2n, ...` and the confusion matrices are summed over processes
+        model (`Any`):
+            A [`catseg_hf.CATSegForSemanticSegmentation`] in eval mode, on its device.
+        processor (`Any`):
+            The matching [`catseg_hf.CATSegProcessor`].
+        benchmark (`str | Benchmark`):
+            The benchmark (or its name).
+        dataset (`Any`):
+            Its examples (`image` / `label` columns), e.g. from [`load_benchmark_data`].
+        class_names (`Sequence[str]`):
+            The benchmark's class names, in label-id order (`len == benchmark.num_classes`).
+        source (`DataSource`, *optional*):
+            Where the data came from (recorded in the results).
+        batch_size (`int`, *optional*, defaults to `1`):
+            Images per forward (their views are concatenated in one batch).
+        mode (`str`, *optional*, defaults to `"sliding"`):
+            `"sliding"` (official) or `"whole"`.
+        limit (`int`, *optional*):
+            Evaluate only the first `limit` examples (in the dataset's order).
+        num_workers (`int`, *optional*, defaults to `0`):
+            DataLoader workers decoding and resizing the images.
+        process_index (`int`, *optional*, defaults to `0`):
+            This process's rank `r`: it takes the examples `r, r + n, r + 2n, ...`.
+        num_processes (`int`, *optional*, defaults to `1`):
+            The world size `n`; the confusion matrices are summed over processes
             ([`StreamingMeanIoU.reduce_across_processes`], a no-op without `torch.distributed`).
-        show_progress: draw a tqdm bar (only the main process should).
-        short_edge, max_size: the test-time resize (official: 640, 2560).
+        show_progress (`bool`, *optional*, defaults to `True`):
+            Draw a tqdm bar (only the main process should).
+        short_edge (`int`, *optional*, defaults to `TEST_SHORT_EDGE`):
+            Shorter side of the test-time resize (official: 640).
+        max_size (`int`, *optional*, defaults to `TEST_MAX_SIZE`):
+            Cap on the longer side of the test-time resize (official: 2560).
 
     Returns:
         A [`BenchmarkResult`] holding the global (all-process) counts.

@@ -52,12 +52,17 @@ class StreamingMeanIoU:
     converted to wherever the matrix lives.
 
     Args:
-        num_labels: number of classes K. Ids outside `[0, K)` belong to no class.
-        ignore_index: reference id, after `label_map` and `reduce_labels`, whose pixels are
+        num_labels (`int`):
+            Number of classes K. Ids outside `[0, K)` belong to no class.
+        ignore_index (`int | None`, *optional*, defaults to `255`):
+            Reference id, after `label_map` and `reduce_labels`, whose pixels are
             dropped; None drops none.
-        reduce_labels: hub `reduce_labels` on the references (0 -> 255, then -1, then 254 -> 255).
-        label_map: old id -> new id for references, applied entry after entry in iteration order.
-        pad_index: raw reference id never counted; None disables this extension.
+        reduce_labels (`bool`, *optional*, defaults to `False`):
+            Hub `reduce_labels` on the references (0 -> 255, then -1, then 254 -> 255).
+        label_map (`Mapping[int, int]`, *optional*):
+            Old id -> new id for references, applied entry after entry in iteration order.
+        pad_index (`int | None`, *optional*, defaults to `PAD_INDEX`):
+            Raw reference id never counted; None disables this extension.
 
     Example:
         >>> m = StreamingMeanIoU(num_labels=150, ignore_index=255)
@@ -92,10 +97,12 @@ class StreamingMeanIoU:
         """Add maps to the running counts.
 
         Args:
-            predictions: one map (e.g. `(H, W)`), a batch (e.g. `(B, H, W)`), or a sequence of
+            predictions (`Any`):
+                One map (e.g. `(H, W)`), a batch (e.g. `(B, H, W)`), or a sequence of
                 maps that may differ in size; NumPy arrays, torch tensors or nested lists, integer
                 ids (integral floats are accepted).
-            references: the matching ground truth, in any of the same layouts, each map the same
+            references (`Any`):
+                The matching ground truth, in any of the same layouts, each map the same
                 shape as its prediction.
 
         Returns:

@@ -31,14 +31,23 @@ class DataSource:
     """Where the images and annotations of one benchmark come from.
 
     Attributes:
-        kind: `"layout"` (official folder layout under `location`, the data root) or `"dataset"` (`location`
+        kind (`str`):
+            `"layout"` (official folder layout under `location`, the data root) or `"dataset"` (`location`
             is a parquet file / glob / folder, a `save_to_disk` folder or a Hub dataset id).
-        location: data root or dataset location.
-        split: split of a `"dataset"` source.
-        image_column, label_column: column names of a `"dataset"` source (auto-detected when None).
-        reduce_labels: apply the `reduce_labels` transform (0 -> ignore, other ids - 1) to a dataset's labels.
-        dataset_config: configuration name of a Hub dataset.
-        note: caveat shown with the results (e.g. an unverified Hub copy).
+        location (`str`):
+            Data root or dataset location.
+        split (`str`, *optional*, defaults to `"validation"`):
+            Split of a `"dataset"` source.
+        image_column (`str`, *optional*):
+            Image column of a `"dataset"` source (auto-detected when None).
+        label_column (`str`, *optional*):
+            Label column of a `"dataset"` source (auto-detected when None).
+        reduce_labels (`bool`, *optional*, defaults to `False`):
+            Apply the `reduce_labels` transform (0 -> ignore, other ids - 1) to a dataset's labels.
+        dataset_config (`str`, *optional*):
+            Configuration name of a Hub dataset.
+        note (`str`, *optional*, defaults to `""`):
+            Caveat shown with the results (e.g. an unverified Hub copy).
     """
 
     kind: str
@@ -96,9 +105,12 @@ def parse_keyed_values(values: Iterable[str] | None, option: str, allow_default:
     """Parse repeated `KEY=VALUE` command-line values, where KEY is a benchmark name (any alias).
 
     Args:
-        values: the raw strings (e.g. `["a150=/data/ade.parquet", "pc59=org/pc59"]`).
-        option: the option's name, for error messages.
-        allow_default: accept one value without `KEY=`, applying to every benchmark.
+        values (`Iterable[str] | None`):
+            The raw strings (e.g. `["a150=/data/ade.parquet", "pc59=org/pc59"]`).
+        option (`str`):
+            The option's name, for error messages.
+        allow_default (`bool`, *optional*, defaults to `True`):
+            Accept one value without `KEY=`, applying to every benchmark.
 
     Returns:
         `(default, {benchmark key: value})`.
@@ -142,12 +154,22 @@ def resolve_data_source(
     """Decide where a benchmark's data come from.
 
     Args:
-        benchmark: the benchmark (or its name).
-        data_root: root of the official layout (default `$DETECTRON2_DATASETS`, else `"datasets"`, as the official
+        benchmark (`str | Benchmark`):
+            The benchmark (or its name).
+        data_root (`str | os.PathLike`, *optional*):
+            Root of the official layout (default `$DETECTRON2_DATASETS`, else `"datasets"`, as the official
             code); used when `source` is None.
-        source: a parquet path / glob / folder, a `save_to_disk` folder, a Hub dataset id, or `"hub"` for the
+        source (`str`, *optional*):
+            A parquet path / glob / folder, a `save_to_disk` folder, a Hub dataset id, or `"hub"` for the
             example Hub copy listed in the registry ([`Benchmark.hub`], unverified unless marked so).
-        split, image_column, label_column, reduce_labels: options of a dataset source.
+        split (`str`, *optional*, defaults to `"validation"`):
+            Split of a dataset source.
+        image_column (`str`, *optional*):
+            Image column of a dataset source (auto-detected when None).
+        label_column (`str`, *optional*):
+            Label column of a dataset source (auto-detected when None).
+        reduce_labels (`bool`, *optional*, defaults to `False`):
+            Whether to apply the `reduce_labels` transform to a dataset source's labels.
     """
     bench = get_benchmark(benchmark)
     if source is None:

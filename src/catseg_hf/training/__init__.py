@@ -1,12 +1,12 @@
 """Training CAT-Seg with `transformers.Trainer`, following the official recipe.
 
-* :mod:`.optim` -- the official optimizer parameter groups (CLIP at lr x 0.01, the official weight-decay rules);
-* :mod:`.trainer` -- :class:`CATSegTrainer`: `Trainer` with those groups and streaming evaluation;
-* :mod:`.metrics` -- :class:`SegmentationMetrics` (`compute_metrics` with a streaming confusion matrix) and
-  :func:`logits_to_label_maps` (`preprocess_logits_for_metrics`);
-* :mod:`.data` -- per-example seeded augmentation, so that a resumed run continues exactly;
-* :mod:`.arguments` -- the `HfArgumentParser` dataclasses and the recipe-file parser of `scripts/train.py`;
-* :mod:`.setup` -- model / processor / datasets / trainer from those arguments, and :func:`run_training`.
+* `.optim` -- the official optimizer parameter groups (CLIP at lr x 0.01, the official weight-decay rules);
+* `.trainer` -- [`CATSegTrainer`]: `Trainer` with those groups and streaming evaluation;
+* `.metrics` -- [`SegmentationMetrics`] (`compute_metrics` with a streaming confusion matrix) and
+  [`logits_to_label_maps`] (`preprocess_logits_for_metrics`);
+* `.data` -- per-example seeded augmentation, so that a resumed run continues exactly;
+* `.arguments` -- the `HfArgumentParser` dataclasses and the recipe-file parser of `scripts/train.py`;
+* `.setup` -- model / processor / datasets / trainer from those arguments, and [`run_training`].
 """
 
 from .arguments import (

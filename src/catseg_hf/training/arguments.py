@@ -1,14 +1,15 @@
 """Command-line / recipe arguments of CAT-Seg training, parsed with `transformers.HfArgumentParser`.
 
-Three dataclasses: :class:`ModelArguments` (which model to start from), :class:`DataArguments` (dataset, class
-names, augmentation) and :class:`CATSegTrainingArguments` (`transformers.TrainingArguments` with the official CAT-Seg
+Three dataclasses: [`ModelArguments`] (which model to start from), [`DataArguments`] (dataset, class
+names, augmentation) and [`CATSegTrainingArguments`] (`transformers.TrainingArguments` with the official CAT-Seg
 optimisation settings as defaults, plus the CLIP learning-rate multiplier and the weight-decay exceptions).
 
 A run is described by a recipe file (YAML or JSON, keys = argument names) plus optional `--key value` overrides on
-the command line, which win over the recipe: see :func:`parse_recipe_and_overrides`.
+the command line, which win over the recipe: see [`parse_recipe_and_overrides`].
 
 This module deliberately does not use `from __future__ import annotations`: `HfArgumentParser` reads the field
-types at run time.
+types at run time (PEP 604 unions such as `str | None` are real types there on the Python versions transformers
+supports).
 """
 
 import argparse
@@ -16,7 +17,8 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import SchedulerType
@@ -38,11 +40,11 @@ RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
 class ModelArguments:
     """Which CAT-Seg model to train (give exactly one of `model_name_or_path` and `model_preset`)."""
 
-    model_name_or_path: Optional[str] = field(
+    model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "A CAT-Seg model folder or Hub id (e.g. a converted official checkpoint) to fine-tune."},
     )
-    model_preset: Optional[str] = field(
+    model_preset: str | None = field(
         default=None,
         metadata={
             "help": "Start from a fresh model: 'base' (CLIP ViT-B/16 at 384 px), 'large' (CLIP ViT-L/14@336) or "
@@ -51,7 +53,7 @@ class ModelArguments:
             "choices": list(MODEL_PRESETS),
         },
     )
-    clip_model_name_or_path: Optional[str] = field(
+    clip_model_name_or_path: str | None = field(
         default=None,
         metadata={
             "help": "Pretrained CLIP weights for a preset model, loaded with CLIPModel.from_pretrained (e.g. "
@@ -59,7 +61,7 @@ class ModelArguments:
             "config is taken from it."
         },
     )
-    config_overrides: Optional[str] = field(
+    config_overrides: str | None = field(
         default=None,
         metadata={
             "help": "JSON object of CATSegConfig fields to override, e.g. '{\"clip_resolution\": 128}'; a nested "
@@ -67,7 +69,7 @@ class ModelArguments:
             "{\"patch_size\": 8}}})."
         },
     )
-    clip_finetune: Optional[str] = field(
+    clip_finetune: str | None = field(
         default=None,
         metadata={
             "help": "Which CLIP parameters train: 'attention' (query/value projection weights, the official "
@@ -75,15 +77,15 @@ class ModelArguments:
             "choices": ["attention", "frozen", "full"],
         },
     )
-    processor_name_or_path: Optional[str] = field(
+    processor_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Folder or Hub id of a saved CATSegProcessor (image processor + CLIP tokenizer)."},
     )
-    bpe_path: Optional[str] = field(
+    bpe_path: str | None = field(
         default=None,
         metadata={"help": "OpenAI's CLIP BPE file (bpe_simple_vocab_16e6.txt.gz) to build the tokenizer from, offline."},
     )
-    inference_mode: Optional[str] = field(
+    inference_mode: str | None = field(
         default=None,
         metadata={
             "help": "Mode saved in the image processor for inference: 'sliding' (the official protocol; default) "
@@ -91,7 +93,7 @@ class ModelArguments:
             "choices": ["sliding", "whole"],
         },
     )
-    cache_dir: Optional[str] = field(default=None, metadata={"help": "Hub cache folder."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Hub cache folder."})
     model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow loading a model folder whose code is not catseg_hf's own."}
@@ -112,7 +114,7 @@ class ModelArguments:
         self.config_overrides = parsed
 
     @property
-    def overrides(self) -> Dict[str, Any]:
+    def overrides(self) -> dict[str, Any]:
         """`config_overrides` as a dict (empty when not given)."""
         return dict(self.config_overrides or {})
 
@@ -121,36 +123,36 @@ class ModelArguments:
 class DataArguments:
     """Training/evaluation data, class names and augmentation."""
 
-    dataset_name: Optional[str] = field(
+    dataset_name: str | None = field(
         default=None,
         metadata={
             "help": "Hub dataset id, local parquet file/folder, save_to_disk folder, the data root of an official "
             "layout (with --dataset_layout), or 'synthetic' for the built-in coloured-shapes benchmark."
         },
     )
-    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    dataset_layout: Optional[str] = field(
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_layout: str | None = field(
         default=None,
         metadata={
             "help": "CAT-Seg's prepared folder layout, e.g. 'coco_stuff' (data root: --dataset_name, else "
             "$DETECTRON2_DATASETS, else ./datasets)."
         },
     )
-    train_image_dir: Optional[str] = field(default=None, metadata={"help": "Training images (paired by file stem)."})
-    train_mask_dir: Optional[str] = field(default=None, metadata={"help": "Training masks (class-id PNGs)."})
-    eval_image_dir: Optional[str] = field(default=None, metadata={"help": "Evaluation images."})
-    eval_mask_dir: Optional[str] = field(default=None, metadata={"help": "Evaluation masks."})
+    train_image_dir: str | None = field(default=None, metadata={"help": "Training images (paired by file stem)."})
+    train_mask_dir: str | None = field(default=None, metadata={"help": "Training masks (class-id PNGs)."})
+    eval_image_dir: str | None = field(default=None, metadata={"help": "Evaluation images."})
+    eval_mask_dir: str | None = field(default=None, metadata={"help": "Evaluation masks."})
     train_split: str = field(default="train", metadata={"help": "Split used for training."})
-    eval_split: Optional[str] = field(
+    eval_split: str | None = field(
         default="validation",
         metadata={
             "help": "Split(s) evaluated during/after training; several as 'a,b' (metrics are then prefixed "
             "eval_<split>_). 'none' disables evaluation."
         },
     )
-    image_column: Optional[str] = field(default=None, metadata={"help": "Image column (auto-detected by default)."})
-    label_column: Optional[str] = field(default=None, metadata={"help": "Label column (auto-detected by default)."})
-    class_names: Optional[str] = field(
+    image_column: str | None = field(default=None, metadata={"help": "Image column (auto-detected by default)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (auto-detected by default)."})
+    class_names: str | None = field(
         default=None,
         metadata={
             "help": "Class names: a JSON file (a list of names in label-id order, e.g. CAT-Seg's datasets/coco.json) "
@@ -158,7 +160,7 @@ class DataArguments:
             "dataset (ClassLabel feature or id2label)."
         },
     )
-    class_names_dir: Optional[str] = field(
+    class_names_dir: str | None = field(
         default=None,
         metadata={
             "help": "Folder holding the benchmark class-name JSON files (default: $CATSEG_SHARED_DIR/benchmarks)."
@@ -169,7 +171,7 @@ class DataArguments:
         default=False, metadata={"help": "Labels use 0 for 'unlabelled': map 0 to the ignore id and shift the rest."}
     )
     crop_size: int = field(default=384, metadata={"help": "Random crop size (official: 384)."})
-    min_size_train: List[int] = field(
+    min_size_train: list[int] = field(
         default_factory=lambda: [384],
         metadata={"help": "Shorter side after resizing; several values: one picked per image (official: 384)."},
     )
@@ -179,13 +181,13 @@ class DataArguments:
     )
     color_aug: bool = field(default=True, metadata={"help": "SSD colour jitter (official: on)."})
     flip_prob: float = field(default=0.5, metadata={"help": "Horizontal flip probability (official: 0.5)."})
-    eval_short_side: Optional[int] = field(
+    eval_short_side: int | None = field(
         default=None,
         metadata={"help": "Resize evaluation images so the shorter side is this (official test size: 640); "
                   "default: native size."},
     )
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training examples."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Evaluate only the first N examples."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N examples."})
     streaming: bool = field(
         default=False,
         metadata={"help": "Stream the training data (needs --max_steps; exact resume is then not guaranteed)."},
@@ -196,7 +198,7 @@ class DataArguments:
     synthetic_seed: int = field(default=0, metadata={"help": "Synthetic benchmark: dataset seed."})
 
     @property
-    def eval_splits(self) -> List[str]:
+    def eval_splits(self) -> list[str]:
         """The evaluation splits as a list (empty when disabled)."""
         if self.eval_split is None or self.eval_split.strip().lower() in ("", "none"):
             return []
@@ -219,14 +221,14 @@ class CATSegTrainingArguments(TrainingArguments):
     max_grad_norm: float = field(
         default=0.01, metadata={"help": "Clip the whole model's gradient norm to this (official: 0.01)."}
     )
-    lr_scheduler_type: Union[SchedulerType, str] = field(
+    lr_scheduler_type: SchedulerType | str = field(
         default="cosine", metadata={"help": "Learning-rate schedule (official: cosine without warm-up)."}
     )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Must stay False: the image/label columns are consumed by the transforms and collator."},
     )
-    label_names: Optional[List[str]] = field(
+    label_names: list[str] | None = field(
         default_factory=lambda: ["labels"], metadata={"help": "Keys of the label tensors in the batches."}
     )
     batch_eval_metrics: bool = field(
@@ -253,7 +255,7 @@ class CATSegTrainingArguments(TrainingArguments):
             raise ValueError("clip_lr_multiplier, weight_decay_norm and weight_decay_embed must be >= 0.")
 
 
-def load_recipe(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
     """Reads a recipe file: a YAML or JSON mapping from argument names to values."""
     path = Path(path)
     if not path.is_file():
@@ -283,9 +285,9 @@ def _overrides_parser(dataclass_types: Sequence[type]) -> HfArgumentParser:
 
 
 def parse_recipe_and_overrides(
-    argv: Optional[Sequence[str]] = None,
+    argv: Sequence[str] | None = None,
     dataclass_types: Sequence[type] = (ModelArguments, DataArguments, CATSegTrainingArguments),
-) -> Tuple[Any, ...]:
+) -> tuple[Any, ...]:
     """Parses `[recipe.yaml|recipe.json] [--key value ...]` into the argument dataclasses.
 
     The recipe's values are the starting point and command-line options override them (a recipe is optional; without
@@ -298,7 +300,7 @@ def parse_recipe_and_overrides(
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    recipe: Dict[str, Any] = {}
+    recipe: dict[str, Any] = {}
     recipe_path = None
     if argv and not argv[0].startswith("-") and argv[0].endswith(RECIPE_SUFFIXES):
         recipe_path = argv.pop(0)

@@ -2,11 +2,11 @@
 
 A stateful random stream (one generator drawing for every image in turn) cannot be resumed: `Trainer` skips the
 batches already seen without loading them, and the data loader fetches batches ahead of the step being trained. So
-the official augmentation (:func:`catseg_hf.data.transforms.train_transform`) is instead drawn from a generator
+the official augmentation ([`catseg_hf.data.transforms.train_transform`]) is instead drawn from a generator
 seeded with `(seed, epoch, example index)`: an example gets the same augmentation in the same epoch of any run,
 whatever was loaded before it and in whichever process or data-loader worker, and a different one in every epoch.
 
-The example index travels in an extra column (:func:`with_example_index`); :class:`EpochSetterCallback` tells the
+The example index travels in an extra column ([`with_example_index`]); [`EpochSetterCallback`] tells the
 transform which epoch `Trainer` is in (including after resuming).
 """
 
@@ -45,19 +45,23 @@ def with_example_index(dataset, column: str = EXAMPLE_INDEX_COLUMN):
 class IndexedTrainTransform:
     """Batch transform applying the official CAT-Seg training augmentation with per-example seeding.
 
-    Use on a dataset prepared with :func:`with_example_index` (e.g. through `catseg_hf.data.add_transform`); example
+    Use on a dataset prepared with [`with_example_index`] (e.g. through `catseg_hf.data.add_transform`); example
     `i` in epoch `e` is augmented with `numpy.random.default_rng([seed, e, i])`. Without the index column it falls
-    back to a :class:`~catseg_hf.data.TrainTransform` stream seeded with `seed` (reproducible from the start of a run,
+    back to a [`~catseg_hf.data.TrainTransform`] stream seeded with `seed` (reproducible from the start of a run,
     but not across a resume).
 
     Args:
-        seed: base seed (the training seed, typically).
-        index_column: name of the example-index column.
-        **transform_kwargs: options of :func:`~catseg_hf.data.transforms.train_transform` (crop_size, min_size,
+        seed (`int`, *optional*, defaults to `0`):
+            Base seed (the training seed, typically).
+        index_column (`str`, *optional*, defaults to `EXAMPLE_INDEX_COLUMN`):
+            Name of the example-index column.
+        **transform_kwargs (`Any`):
+            Options of [`~catseg_hf.data.transforms.train_transform`] (crop_size, min_size,
             max_size, cat_max_ratio, ignore_index, flip_prob, color_aug, image_pad_value).
 
     Attributes:
-        epoch: the current epoch, set by :class:`EpochSetterCallback`.
+        epoch (`int`):
+            The current epoch, set by [`EpochSetterCallback`].
     """
 
     def __init__(self, seed: int = 0, index_column: str = EXAMPLE_INDEX_COLUMN, **transform_kwargs: Any):

@@ -3,10 +3,10 @@
 `Trainer` would otherwise keep every batch's logits (classes x pixels, float) until the end of evaluation. With
 `TrainingArguments(batch_eval_metrics=True)`:
 
-- :func:`logits_to_label_maps` (usable as `preprocess_logits_for_metrics`) turns each batch's logits into int64 label
+- [`logits_to_label_maps`] (usable as `preprocess_logits_for_metrics`) turns each batch's logits into int64 label
   maps at the label resolution, so only one batch of logits exists at a time;
-- :class:`SegmentationMetrics` (the `compute_metrics` callable) adds each batch to a
-  :class:`~catseg_hf.evaluation.StreamingMeanIoU` confusion matrix and returns the metrics after the last batch.
+- [`SegmentationMetrics`] (the `compute_metrics` callable) adds each batch to a
+  [`~catseg_hf.evaluation.StreamingMeanIoU`] confusion matrix and returns the metrics after the last batch.
 
 Across processes `Trainer` pads predictions and labels with -100 and gathers them to every process before calling
 `compute_metrics`; `StreamingMeanIoU` never counts pixels whose reference is -100, and since every process receives
@@ -35,9 +35,11 @@ def logits_to_label_maps(logits: Any, labels: torch.Tensor | None = None) -> tor
     post-processing the released numbers use.)
 
     Args:
-        logits: `(B, T, h, w)` CAT-Seg logits (or a tuple/list whose first entry they are, as `Trainer` passes the
+        logits (`Any`):
+            `(B, T, h, w)` CAT-Seg logits (or a tuple/list whose first entry they are, as `Trainer` passes the
             model outputs). Integer `(B, H, W)` label maps are returned unchanged, so applying this twice is harmless.
-        labels: `(B, H, W)` labels, whose size the maps are made at. Without labels the maps stay at the logits'
+        labels (`torch.Tensor`, *optional*):
+            `(B, H, W)` labels, whose size the maps are made at. Without labels the maps stay at the logits'
             resolution.
 
     Returns:
@@ -71,15 +73,19 @@ preprocess_logits_for_metrics = logits_to_label_maps
 class SegmentationMetrics:
     """`compute_metrics` for `Trainer(..., args=TrainingArguments(batch_eval_metrics=True))`: streaming mean IoU.
 
-    Each call adds one batch of predicted label maps (from :func:`logits_to_label_maps`) and references to a
+    Each call adds one batch of predicted label maps (from [`logits_to_label_maps`]) and references to a
     confusion matrix; the call with `compute_result=True` (the last batch) returns the metrics and resets the
     matrix for the next evaluation. Works without `batch_eval_metrics` too (one call with everything).
 
     Args:
-        num_labels: number of classes K.
-        ignore_index: reference id that is not scored (255 for COCO-Stuff and the synthetic data).
-        class_names: optional names; with `per_category=True` the per-class IoUs are reported as `iou_<name>`.
-        per_category: also report per-class IoU and accuracy (K values each).
+        num_labels (`int`):
+            Number of classes K.
+        ignore_index (`int | None`, *optional*, defaults to `255`):
+            Reference id that is not scored (255 for COCO-Stuff and the synthetic data).
+        class_names (`Sequence[str]`, *optional*):
+            Optional names; with `per_category=True` the per-class IoUs are reported as `iou_<name>`.
+        per_category (`bool`, *optional*, defaults to `False`):
+            Also report per-class IoU and accuracy (K values each).
 
     Returns (from the final call):
         `{"mean_iou", "mean_accuracy", "overall_accuracy"}` (floats; NaN classes are skipped in the means, as in

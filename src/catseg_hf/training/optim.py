@@ -71,9 +71,12 @@ class ParameterRule:
     """How one trainable parameter is optimised.
 
     Attributes:
-        name: the parameter's full name in the model.
-        is_clip: whether it belongs to the CLIP model (learning rate times the CLIP multiplier).
-        decay_kind: `"default"`, `"norm"`, `"embedding"` or `"no_decay_name"` -- which weight-decay rule applies.
+        name (`str`):
+            The parameter's full name in the model.
+        is_clip (`bool`):
+            Whether it belongs to the CLIP model (learning rate times the CLIP multiplier).
+        decay_kind (`str`):
+            `"default"`, `"norm"`, `"embedding"` or `"no_decay_name"` -- which weight-decay rule applies.
     """
 
     name: str
@@ -125,8 +128,10 @@ def classify_parameters(model: nn.Module, clip_module_name: str = "clip") -> lis
     """Every trainable parameter of `model` once, with the official rule that applies to it.
 
     Args:
-        model: the model (a `CATSegModel` or anything with a CLIP sub-module).
-        clip_module_name: name of the CLIP sub-module whose parameters get the CLIP learning-rate multiplier.
+        model (`nn.Module`):
+            The model (a `CATSegModel` or anything with a CLIP sub-module).
+        clip_module_name (`str`, *optional*, defaults to `"clip"`):
+            Name of the CLIP sub-module whose parameters get the CLIP learning-rate multiplier.
 
     Returns:
         `(rule, parameter)` pairs in module order; parameters with `requires_grad=False` are left out, and a
@@ -165,14 +170,21 @@ def get_parameter_groups(
     """Optimizer parameter groups following the official CAT-Seg `build_optimizer` (see the module docstring).
 
     Args:
-        model: the model; only parameters with `requires_grad=True` are included, so call
+        model (`nn.Module`):
+            The model; only parameters with `requires_grad=True` are included, so call
             `apply_clip_finetune_policy(model)` (done by `build_model` and `CATSegTrainer`) first.
-        learning_rate: base learning rate (official: 2e-4).
-        weight_decay: weight decay of ordinary parameters (official: 1e-4).
-        clip_lr_multiplier: learning-rate factor of CLIP parameters (official: 0.01).
-        weight_decay_norm: weight decay of normalisation-layer parameters (official: 0.0).
-        weight_decay_embed: weight decay of `nn.Embedding` parameters (official: 0.0).
-        clip_module_name: name of the CLIP sub-module.
+        learning_rate (`float`):
+            Base learning rate (official: 2e-4).
+        weight_decay (`float`):
+            Weight decay of ordinary parameters (official: 1e-4).
+        clip_lr_multiplier (`float`, *optional*, defaults to `OFFICIAL_CLIP_LR_MULTIPLIER`):
+            Learning-rate factor of CLIP parameters (official: 0.01).
+        weight_decay_norm (`float`, *optional*, defaults to `0.0`):
+            Weight decay of normalisation-layer parameters (official: 0.0).
+        weight_decay_embed (`float`, *optional*, defaults to `0.0`):
+            Weight decay of `nn.Embedding` parameters (official: 0.0).
+        clip_module_name (`str`, *optional*, defaults to `"clip"`):
+            Name of the CLIP sub-module.
 
     Returns:
         A list of dicts for `torch.optim` (keys `params`, `lr`, `weight_decay`, plus `name` and `param_names`

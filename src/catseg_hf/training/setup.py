@@ -1,6 +1,6 @@
 """Building blocks of `scripts/train.py`: model, processor, datasets and trainer from the parsed arguments.
 
-Each function takes the argument dataclasses of :mod:`catseg_hf.training.arguments` and can be used on its own, e.g.
+Each function takes the argument dataclasses of `catseg_hf.training.arguments` and can be used on its own, e.g.
 in a notebook::
 
     from catseg_hf.training import parse_recipe_and_overrides, run_training
@@ -88,11 +88,14 @@ def load_pretrained_clip(model: CATSegForSemanticSegmentation, clip_model_name_o
     """Copies the weights of a pretrained `transformers.CLIPModel` into `model.clip`.
 
     Args:
-        model: a CAT-Seg model whose `config.clip_config` has the dimensions of the checkpoint (build its config
+        model (`CATSegForSemanticSegmentation`):
+            A CAT-Seg model whose `config.clip_config` has the dimensions of the checkpoint (build its config
             with `CATSegConfig.from_preset(variant, clip_config=CLIPConfig.from_pretrained(name))`).
-        clip_model_name_or_path: Hub id or folder, e.g. `openai/clip-vit-base-patch16` (base) or
+        clip_model_name_or_path (`str`):
+            Hub id or folder, e.g. `openai/clip-vit-base-patch16` (base) or
             `openai/clip-vit-large-patch14-336` (large).
-        from_pretrained_kwargs: passed to `CLIPModel.from_pretrained` (cache_dir, revision, ...).
+        from_pretrained_kwargs (`Any`):
+            Passed to `CLIPModel.from_pretrained` (cache_dir, revision, ...).
 
     The vision position embeddings stay at CLIP's pretraining grid (14x14 for ViT-B/16 at 224 px); CAT-Seg resizes
     them bicubically at run time, as the official implementation does. The CLIP fine-tuning mode
@@ -279,7 +282,7 @@ def load_datasets(data_args: DataArguments, seed: int, model_args: ModelArgument
     Returns:
         `(train_dataset, eval_datasets, class_names, train_transform)`: `eval_datasets` is None, one dataset, or a
         dict `{split: dataset}` when several splits are evaluated; `train_transform` is the
-        :class:`IndexedTrainTransform` (its epoch is set by :class:`EpochSetterCallback`).
+        [`IndexedTrainTransform`] (its epoch is set by [`EpochSetterCallback`]).
     """
     train_dataset = train_transform = None
     if do_train:
@@ -343,7 +346,7 @@ def build_trainer(
     train_transform: IndexedTrainTransform | None = None,
     callbacks: list | None = None,
 ) -> CATSegTrainer:
-    """A :class:`CATSegTrainer` with the collator (class prompts tokenised once), streaming mean IoU and the
+    """A [`CATSegTrainer`] with the collator (class prompts tokenised once), streaming mean IoU and the
     augmentation-epoch callback."""
     class_inputs = processor.encode_class_names(class_names)
     _align_special_tokens(model, processor)

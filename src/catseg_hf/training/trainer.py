@@ -45,7 +45,7 @@ class CATSegTrainer(Trainer):
       `prediction_step` (before `Trainer` pads and gathers them across processes), so that with
       `batch_eval_metrics=True` and `compute_metrics=SegmentationMetrics(...)` nothing accumulates. A
       `preprocess_logits_for_metrics` argument replaces the conversion (default:
-      :func:`~catseg_hf.training.metrics.logits_to_label_maps`) and is applied there, once.
+      [`~catseg_hf.training.metrics.logits_to_label_maps`]) and is applied there, once.
 
     Use `remove_unused_columns=False` and `label_names=["labels"]` (the defaults of `CATSegTrainingArguments`).
     """

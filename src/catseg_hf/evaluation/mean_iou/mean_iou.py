@@ -36,16 +36,23 @@ pixel accuracy. Semantics follow the hub metric `mean_iou` (mmsegmentation's def
 
 _KWARGS_DESCRIPTION = """\
 Args:
-    predictions (`list[ndarray]`): predicted class-id maps, each 2-D; sizes may differ between maps.
-    references (`list[ndarray]`): ground-truth maps, each the same size as its prediction.
-    num_labels (`int`): number of classes K; ids outside [0, K) belong to no class.
-    ignore_index (`int`): reference id (after `label_map` and `reduce_labels`) whose pixels are dropped.
-    nan_to_num (`float`, *optional*): replace every NaN in the result by this value.
-    label_map (`dict`, *optional*): old id -> new id for references, applied entry after entry
-        (chained entries chain, as in the hub metric).
-    reduce_labels (`bool`, defaults to False): reference 0 -> 255, then every id - 1, then 254 -> 255.
-    pad_index (`int`, defaults to -100): raw reference id whose pixels (and their predictions) are
-        never counted; `None` disables this catseg-hf extension.
+    predictions (`list[ndarray]`):
+        Predicted class-id maps, each 2-D; sizes may differ between maps.
+    references (`list[ndarray]`):
+        Ground-truth maps, each the same size as its prediction.
+    num_labels (`int`):
+        Number of classes K; ids outside [0, K) belong to no class.
+    ignore_index (`int`):
+        Reference id (after `label_map` and `reduce_labels`) whose pixels are dropped.
+    nan_to_num (`float`, *optional*):
+        Replace every NaN in the result by this value.
+    label_map (`dict`, *optional*):
+        Old id -> new id for references, applied entry after entry (chained entries chain, as in the hub metric).
+    reduce_labels (`bool`, *optional*, defaults to `False`):
+        Reference 0 -> 255, then every id - 1, then 254 -> 255.
+    pad_index (`int`, *optional*, defaults to `-100`):
+        Raw reference id whose pixels (and their predictions) are never counted; `None` disables this catseg-hf
+        extension.
 
 Returns:
     mean_iou (`float`), mean_accuracy (`float`), overall_accuracy (`float`),

@@ -24,8 +24,8 @@ Semantics (those of the Hugging Face hub metric `evaluate-metric/mean_iou`; see
    and drops everything else. A pixel labelled c but predicted out of range still counts in
    `area_label[c]`; a pixel predicted c but labelled out of range (and not ignored) still counts in
    `area_pred_label[c]`.
-5. `IoU = intersect / union` with `union = pred + label - intersect`, ``accuracy = intersect /
-   label`, overall accuracy `= sum(intersect) / sum(label)``; the means are NaN-means; when
+5. `IoU = intersect / union` with `union = pred + label - intersect`, `accuracy = intersect /
+   label`, overall accuracy `= sum(intersect) / sum(label)`; the means are NaN-means; when
    `nan_to_num` is given every NaN in the result is replaced by it.
 
 Extension (not in the hub metric): pixels whose *raw* reference equals `pad_index` (default
@@ -95,7 +95,8 @@ def compose_label_map(label_map: Mapping[Any, Any] | None) -> LabelLookup | None
     vectorised lookup instead of one full-array pass per entry (ADE-style maps have hundreds).
 
     Args:
-        label_map: mapping of integer ids (its iteration order is the application order), or None.
+        label_map (`Mapping[Any, Any] | None`):
+            Mapping of integer ids (its iteration order is the application order), or None.
 
     Returns:
         `(keys, values)` sorted by key, only for keys whose final id differs from the original one,
@@ -287,14 +288,23 @@ def cell_indices(
     """Flat indices into the `(K + 1) x (K + 1)` matrix, one per counted pixel of one pair.
 
     Args:
-        prediction, reference: same-shape maps (NumPy-convertible, or torch tensors).
-        num_labels: K.
-        ignore_index: reference id (after `label_map`/`reduce_labels`) whose pixels are dropped;
+        prediction (`Any`):
+            Predicted class-id map (NumPy-convertible, or a torch tensor).
+        reference (`Any`):
+            Reference map of the same shape (NumPy-convertible, or a torch tensor).
+        num_labels (`int`):
+            K.
+        ignore_index (`int | None`):
+            Reference id (after `label_map`/`reduce_labels`) whose pixels are dropped;
             None drops nothing.
-        label_lookup: the output of [`compose_label_map`], or None.
-        reduce_labels: apply the hub's `reduce_labels` to the reference.
-        pad_index: raw reference id whose pixels are dropped before anything else; None disables.
-        device: None for the NumPy back end, or a `torch.device` for the torch back end (inputs
+        label_lookup (`LabelLookup`, *optional*):
+            The output of [`compose_label_map`], or None.
+        reduce_labels (`bool`, *optional*, defaults to `False`):
+            Apply the hub's `reduce_labels` to the reference.
+        pad_index (`int | None`, *optional*, defaults to `PAD_INDEX`):
+            Raw reference id whose pixels are dropped before anything else; None disables.
+        device (`Any`, *optional*):
+            None for the NumPy back end, or a `torch.device` for the torch back end (inputs
             are moved there). A CPU `torch.device` is computed with NumPy (zero-copy views of CPU
             tensors), which is several times faster than torch's CPU kernels for these ops.
 
