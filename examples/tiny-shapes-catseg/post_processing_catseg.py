@@ -63,41 +63,13 @@ def post_process_semantic_segmentation(
     return_probabilities: bool | None = None,
 ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
     r"""
-    Turns the logits of [`CATSegForSemanticSegmentation`] into one label map per image.
-
-    Whole mode (4-D logits): sigmoid, then bilinear resize to the target size. Sliding mode (5-D logits): the
-    logits of the tiles and of the global view are resized to the tile size and passed through a sigmoid; the
-    tiles are folded back onto the canvas (overlaps averaged), averaged with the global view resized to the
-    canvas, and the result is resized to the target size. The label of a pixel is the arg-max over classes.
-
-    The sliding window is `sliding_window`; [`CATSegImageProcessor.post_process_semantic_segmentation`] passes its
-    own settings (`sliding_canvas_size`, `sliding_tile_size`, `sliding_stride`): post-process with the processor
-    that made the inputs.
+    The post-processing of [`CATSegImageProcessor.post_process_semantic_segmentation`], which documents the
+    arguments, the return values and the computation; the processor passes its own sliding window.
 
     Args:
-        outputs ([`CATSegSemanticSegmenterOutput`] or `torch.Tensor`):
-            The model output (or a dict) with `logits`, or the logits themselves: `(batch, num_classes, height,
-            width)` for whole-mode inputs, `(batch, num_views, num_classes, height, width)` for sliding-mode ones.
         sliding_window (`tuple[int, int, int]`):
-            `(canvas, tile, stride)` of the sliding window the sliding-mode inputs were made with.
-        target_sizes (`list[tuple[int, int]]` or `torch.Tensor` of shape `(batch, 2)`, *optional*):
-            The `(height, width)` of each output map, usually the size of each original image. Defaults to the
-            canvas size (sliding) or the logits size (whole).
-        return_segmentation_scores (`bool`, *optional*, defaults to `False`):
-            Whether to also return the per-class scores: the probabilities the official implementation outputs.
-        image_sizes (`list[tuple[int, int]]` or `torch.Tensor` of shape `(batch, 2)`, *optional*):
-            The `(height, width)` of each image as given to the processor. In whole mode the probability map is
-            first cropped to it, as the official post-processing does (a no-op unless the image is smaller than
-            the logits map); not used in sliding mode.
-        return_probabilities (`bool`, *optional*):
-            Deprecated: use `return_segmentation_scores`. `True` returns dicts with `"segmentation"` and
-            `"probabilities"`.
-
-    Returns:
-        `list[torch.Tensor]` or `list[SemanticSegmentationPostProcessorOutput]`: one int64 `(height, width)` label
-        map per image; with `return_segmentation_scores=True`, one
-        [`~image_processing_outputs.SemanticSegmentationPostProcessorOutput`] per image with `segmentation`
-        (int64 `(height, width)`) and `segmentation_scores` (float32 `(num_classes, height, width)` probabilities).
+            `(canvas, tile, stride)` of the sliding window the sliding-mode inputs were made with (the processor's
+            `sliding_canvas_size`, `sliding_tile_size`, `sliding_stride`).
     """
     if return_probabilities is not None:
         warnings.warn(

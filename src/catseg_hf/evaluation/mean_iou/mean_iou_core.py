@@ -320,18 +320,7 @@ def cell_indices(
         keep = ref != pad_index if pad_index is not None else None
         if label_lookup is not None:
             ref = _apply_lookup_numpy(ref, label_lookup)
-        if reduce_labels:
-            ref = np.where(ref == 0, 255, ref) - 1
-            ref = np.where(ref == 254, 255, ref)
-        if ignore_index is not None:
-            not_ignored = ref != ignore_index
-            keep = not_ignored if keep is None else keep & not_ignored
-        if keep is not None and not keep.all():
-            ref = ref[keep]
-            pred = pred[keep]
-        ref = np.where((ref >= 0) & (ref < k), ref, k)
-        pred = np.where((pred >= 0) & (pred < k), pred, k)
-        return ref * (k + 1) + pred
+        return _combined_cells(pred, ref, keep, k, ignore_index, reduce_labels, np.where, always_index=False)
 
     torch = _torch_module()
     pred = _torch_int64(prediction, "predictions", device).reshape(-1)
@@ -339,18 +328,37 @@ def cell_indices(
     keep = ref != pad_index if pad_index is not None else None
     if label_lookup is not None:
         ref = _apply_lookup_torch(ref.contiguous(), label_lookup)
+    return _combined_cells(pred, ref, keep, k, ignore_index, reduce_labels, torch.where, always_index=True)
+
+
+def _combined_cells(
+    pred: Any,
+    ref: Any,
+    keep: Any,
+    k: int,
+    ignore_index: int | None,
+    reduce_labels: bool,
+    where: Any,
+    always_index: bool,
+) -> Any:
+    """`ref * (K + 1) + pred` over the kept pixels, ids outside `[0, K)` replaced by K: the arithmetic both back ends
+    share (`where` is `np.where` or `torch.where`).
+
+    `keep` (or None) marks the pixels kept so far (the pad mask); ignored reference pixels are dropped too. NumPy
+    skips the copy when every pixel is kept; torch (`always_index`) indexes without asking, since the question
+    synchronises on CUDA, as boolean indexing does (still far cheaper than a per-class loop).
+    """
     if reduce_labels:
-        ref = torch.where(ref == 0, 255, ref) - 1
-        ref = torch.where(ref == 254, 255, ref)
+        ref = where(ref == 0, 255, ref) - 1
+        ref = where(ref == 254, 255, ref)
     if ignore_index is not None:
         not_ignored = ref != ignore_index
         keep = not_ignored if keep is None else keep & not_ignored
-    if keep is not None:
-        # Boolean indexing on CUDA synchronises; it is still far cheaper than a per-class loop.
+    if keep is not None and (always_index or not keep.all()):
         ref = ref[keep]
         pred = pred[keep]
-    ref = torch.where((ref >= 0) & (ref < k), ref, k)
-    pred = torch.where((pred >= 0) & (pred < k), pred, k)
+    ref = where((ref >= 0) & (ref < k), ref, k)
+    pred = where((pred >= 0) & (pred < k), pred, k)
     return ref * (k + 1) + pred
 
 
