@@ -33,7 +33,17 @@ so an unseen combination is a new *composition* of known words and appearances::
 * ``"heldout"``    -- only held-out combinations.
 
 The held-out classes keep their ids in ``class_names`` (so a model is always queried with all
-17 names) but never appear in a training image.
+17 names) but never appear in a training image. With ``vocabulary="seen"`` the train and
+validation splits are labelled in the 13-name vocabulary of the seen classes instead
+(:data:`SEEN_CLASS_NAMES`): the training vocabulary of a model that must never be taught a
+held-out class, as CAT-Seg is trained on COCO-Stuff and tested on other vocabularies.
+
+Captioned scenes
+----------------
+:func:`captioned_scenes` draws image-level pairs for CLIP-style pretraining: scenes of **all**
+16 combinations with a caption naming what is shown ("A photo of a red circle and a blue
+square in the scene") and the shown class names, but never a mask. Split ``"pretrain"`` has one
+to three shapes per image; split ``"zeroshot"`` exactly one, for zero-shot classification.
 
 Determinism
 -----------
@@ -46,7 +56,7 @@ from __future__ import annotations
 
 import io
 from functools import lru_cache
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -60,8 +70,12 @@ __all__ = [
     "SPLITS",
     "combo_class_id",
     "synthetic_class_names",
+    "SEEN_CLASS_NAMES",
+    "CAPTION_TEMPLATE",
     "render_scene",
     "make_synthetic_dataset",
+    "captioned_scenes",
+    "caption_for",
 ]
 
 # Saturated, well separated hues (roughly 0, 120, 225 and 55 degrees) so that colour is the
@@ -89,8 +103,16 @@ SEEN_COMBOS: tuple[tuple[str, str], ...] = tuple(
     (c, s) for c in COLORS for s in SHAPES if (c, s) not in HELDOUT_COMBOS
 )
 
+ALL_COMBOS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLORS for s in SHAPES)
+SEEN_CLASS_NAMES: list[str] = [BACKGROUND_NAME] + [f"{c} {s}" for c, s in SEEN_COMBOS]
+VOCABULARIES: dict[str, list[str]] = {"all": CLASS_NAMES, "seen": SEEN_CLASS_NAMES}
+
 # The split index enters the per-image seed so that train and validation never share images.
 SPLITS: dict[str, int] = {"train": 0, "validation": 1, "heldout": 2}
+# Caption splits draw from their own seed streams, so they never repeat a segmentation image.
+CAPTION_SPLITS: dict[str, int] = {"pretrain": 3, "zeroshot": 4}
+# The caption wording is the prompt template of the demo model, with every shown class named in it.
+CAPTION_TEMPLATE = "A photo of a {} in the scene"
 _SPLIT_COMBOS = {"train": SEEN_COMBOS, "validation": SEEN_COMBOS, "heldout": HELDOUT_COMBOS}
 
 # Shape size (bounding-box side) as a fraction of the shorter image side. Large shapes keep the
@@ -102,9 +124,16 @@ _MAX_OVERLAP = 0.10
 _PLACEMENT_TRIES = 30
 
 
-def synthetic_class_names() -> list[str]:
-    """Return a copy of the class-name list (index = class id) shared by all splits."""
-    return list(CLASS_NAMES)
+def synthetic_class_names(vocabulary: str = "all") -> list[str]:
+    """Return a copy of a class-name list (index = class id).
+
+    Args:
+        vocabulary (`str`, *optional*, defaults to `"all"`):
+            `"all"`: the 17 names shared by all splits; `"seen"`: background and the 12 seen combinations only.
+    """
+    if vocabulary not in VOCABULARIES:
+        raise ValueError(f"Unknown vocabulary {vocabulary!r}; expected one of {list(VOCABULARIES)}.")
+    return list(VOCABULARIES[vocabulary])
 
 
 def combo_class_id(color: str, shape: str) -> int:
@@ -304,6 +333,7 @@ def make_synthetic_dataset(
     image_size: int | Sequence[int] = 128,
     min_shapes: int = 1,
     max_shapes: int = 3,
+    vocabulary: str = "all",
 ):
     """Build the synthetic segmentation benchmark.
 
@@ -314,6 +344,8 @@ def make_synthetic_dataset(
         seed: non-negative integer; the dataset is a deterministic function of the arguments.
         image_size: image side in pixels (default 128), or ``(height, width)``.
         min_shapes, max_shapes: shapes per image (inclusive range, default 1..3).
+        vocabulary: ``"all"`` (the 17 names, default) or ``"seen"`` (background and the 12 seen combinations; only
+            for the ``"train"`` and ``"validation"`` splits, which show nothing else).
 
     Returns:
         ``(dataset, class_names)``: a :class:`datasets.Dataset` with columns ``image`` (PIL RGB,
@@ -331,12 +363,21 @@ def make_synthetic_dataset(
         raise ValueError(f"seed must be a non-negative integer (numpy SeedSequence requirement), got {seed!r}.")
     height, width = _parse_size(image_size)
     _check_shape_counts(min_shapes, max_shapes)
+    class_names = synthetic_class_names(vocabulary)
+    if vocabulary == "seen" and split == "heldout":
+        raise ValueError(
+            "The 'heldout' split shows only held-out combinations, which the 'seen' vocabulary does not name; "
+            "use vocabulary='all' to evaluate on it."
+        )
+    # Label ids are written in the chosen vocabulary; rendering itself always uses the 17-name ids.
+    relabel = np.array([class_names.index(name) if name in class_names else 255 for name in CLASS_NAMES], np.uint8)
 
     combos = list(_SPLIT_COMBOS[split])
     images, labels = [], []
     for index in range(int(num_images)):
         rng = np.random.default_rng([int(seed), SPLITS[split], index])
         img, label = _render(rng, height, width, combos, min_shapes, max_shapes)
+        label = relabel[label]
         # Pre-encode to PNG ourselves: that is what `datasets` would store anyway, and it lets us
         # pick a fast compression level.
         images.append({"bytes": _png_bytes(img, "RGB"), "path": None})
@@ -344,4 +385,56 @@ def make_synthetic_dataset(
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
     dataset = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
-    return dataset, synthetic_class_names()
+    return dataset, class_names
+
+
+def caption_for(class_names: Sequence[str], template: str = CAPTION_TEMPLATE) -> str:
+    """The caption of a scene showing `class_names`: `template` with the names joined, e.g. "A photo of a red circle
+    and a blue square in the scene"."""
+    if not class_names:
+        raise ValueError("A caption needs at least one class name.")
+    return template.format(" and a ".join(class_names))
+
+
+def captioned_scenes(
+    split: str,
+    seed: int,
+    *,
+    num_images: int | None = None,
+    image_size: int | Sequence[int] = 128,
+    template: str = CAPTION_TEMPLATE,
+) -> Iterator[dict]:
+    """Image-level pairs for CLIP-style pretraining: scenes of all 16 combinations with captions, never a mask.
+
+    Args:
+        split (`str`):
+            `"pretrain"` (one to three shapes per image) or `"zeroshot"` (exactly one shape, for zero-shot
+            classification).
+        seed (`int`):
+            Non-negative seed; image `i` is a deterministic function of `(split, seed, i)`.
+        num_images (`int`, *optional*):
+            How many pairs to yield; endless when not given.
+        image_size (`int` or `(height, width)`, *optional*, defaults to 128):
+            Image side in pixels.
+        template (`str`, *optional*, defaults to `CAPTION_TEMPLATE`):
+            The caption wording, with `{}` for the class names.
+
+    Yields:
+        `dict` with `image` (PIL RGB), `caption` (`str`) and `class_names` (the shown combinations, in caption
+        order): image-level text only, no label map.
+    """
+    if split not in CAPTION_SPLITS:
+        raise ValueError(f"Unknown caption split {split!r}; expected one of {list(CAPTION_SPLITS)}.")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    height, width = _parse_size(image_size)
+    max_shapes = 3 if split == "pretrain" else 1
+    index = 0
+    while num_images is None or index < num_images:
+        rng = np.random.default_rng([int(seed), CAPTION_SPLITS[split], index])
+        img, label = _render(rng, height, width, ALL_COMBOS, 1, max_shapes)
+        shown = [CLASS_NAMES[i] for i in np.unique(label) if i > 0]
+        rng.shuffle(shown)  # captions name objects in no fixed order
+        del label  # pretraining is image-level: the mask the renderer drew goes no further
+        yield {"image": Image.fromarray(img, mode="RGB"), "caption": caption_for(shown, template), "class_names": shown}
+        index += 1

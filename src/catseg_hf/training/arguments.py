@@ -196,6 +196,11 @@ class DataArguments:
     synthetic_eval_size: int = field(default=100, metadata={"help": "Synthetic benchmark: images per eval split."})
     synthetic_image_size: int = field(default=128, metadata={"help": "Synthetic benchmark: image side."})
     synthetic_seed: int = field(default=0, metadata={"help": "Synthetic benchmark: dataset seed."})
+    synthetic_vocabulary: str = field(
+        default="all",
+        metadata={"help": "Synthetic benchmark: training vocabulary, 'all' (17 names) or 'seen' (background and the "
+                  "12 seen combinations: the held-out ones are never a training class)."},
+    )
 
     @property
     def eval_splits(self) -> list[str]:

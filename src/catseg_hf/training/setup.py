@@ -220,7 +220,8 @@ def _load_split(data_args: DataArguments, split: str, training: bool, model_args
     if data_args.dataset_name == SYNTHETIC_DATASET:
         size = data_args.synthetic_train_size if training else data_args.synthetic_eval_size
         dataset, _ = make_synthetic_dataset(
-            split, size, data_args.synthetic_seed, image_size=data_args.synthetic_image_size
+            split, size, data_args.synthetic_seed, image_size=data_args.synthetic_image_size,
+            vocabulary=data_args.synthetic_vocabulary,
         )
         return dataset
     image_dir = data_args.train_image_dir if training else data_args.eval_image_dir
@@ -254,7 +255,7 @@ def resolve_class_names(data_args: DataArguments, dataset: Any = None) -> list[s
     if data_args.dataset_name == SYNTHETIC_DATASET and not data_args.class_names:
         from ..data import synthetic_class_names
 
-        return synthetic_class_names()
+        return synthetic_class_names(data_args.synthetic_vocabulary)
     source = data_args.class_names
     if source:
         path = Path(source).expanduser()
