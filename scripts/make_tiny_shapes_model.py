@@ -99,8 +99,7 @@ def study_section(study: dict | None) -> str:
     """The fine-tuning study's table for the card, or nothing when no study results are given."""
     if not study:
         return ""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from reproduce_finetuning_study import markdown_table
+    from catseg_hf.training.tiny_shapes import markdown_table
 
     return (
         "## The fine-tuning study\n\n"

@@ -42,39 +42,6 @@ PAPER_CLAIM = (
 )
 
 
-# The table's columns: the zero-shot protocol's seen / unseen / harmonic mean IoU, then each split's hub mean_iou.
-METRICS = ("seen_miou", "unseen_miou", "harmonic_miou", "seen_hub_miou", "unseen_hub_miou")
-
-
-def summarise(runs: list[dict], modes: list[str]) -> dict:
-    """Mean and standard deviation over seeds of each metric, per mode."""
-    import numpy as np
-
-    summary = {}
-    for mode in modes:
-        rows = [run for run in runs if run["mode"] == mode]
-        summary[mode] = {
-            key: {"mean": float(np.mean([r[key] for r in rows])), "std": float(np.std([r[key] for r in rows])),
-                  "values": [r[key] for r in rows]}
-            for key in METRICS
-        }
-    return summary
-
-
-def markdown_table(summary: dict, num_seeds: int) -> str:
-    """The study's table: mean +- standard deviation over the seeds, per fine-tuning policy."""
-    lines = [
-        "| CLIP during CAT-Seg training | seen mIoU | unseen mIoU | harmonic mean | hub mean_iou, validation | "
-        "hub mean_iou, heldout | seeds |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    labels = {"frozen": "frozen", "attention": "attention (Q,V) fine-tuning", "full": "full fine-tuning"}
-    for mode, metrics in summary.items():
-        cells = [f"{metrics[k]['mean']:.3f} ± {metrics[k]['std']:.3f}" for k in METRICS]
-        lines.append(f"| {labels.get(mode, mode)} | " + " | ".join(cells) + f" | {num_seeds} |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", nargs="+", default=["frozen", "attention", "full"],
@@ -115,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("catseg_hf").setLevel(logging.INFO)  # stage-1 progress
     torch.set_num_threads(max(1, args.jobs))
     from catseg_hf.training import parse_recipe_and_overrides
-    from catseg_hf.training.tiny_shapes import evaluate_model_folder, pretrain_tiny_clip, train_catseg, wait_all
+    from catseg_hf.training.tiny_shapes import (
+        evaluate_model_folder, markdown_table, pretrain_tiny_clip, summarise, train_catseg, wait_all,
+    )
 
     _, data_args, _ = parse_recipe_and_overrides([str(RECIPE), "--bpe_path", str(bpe), *train_args])
     start = time.time()

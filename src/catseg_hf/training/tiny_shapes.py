@@ -36,6 +36,8 @@ __all__ = [
     "measure_miou",
     "harmonic_mean",
     "evaluate_model_folder",
+    "summarise",
+    "markdown_table",
 ]
 
 # The fine-tuning policies the study compares, in the paper's order.
@@ -215,3 +217,34 @@ def evaluate_model_folder(model_dir: str | Path, num_images: int, seed: int, ima
         "eval_images": num_images,
         "eval_runtime_s": time.time() - start,
     }
+
+
+# The table's columns: the zero-shot protocol's seen / unseen / harmonic mean IoU, then each split's hub mean_iou.
+METRICS = ("seen_miou", "unseen_miou", "harmonic_miou", "seen_hub_miou", "unseen_hub_miou")
+
+
+def summarise(runs: list[dict], modes: list[str]) -> dict:
+    """Mean and standard deviation over seeds of each metric, per mode."""
+    summary = {}
+    for mode in modes:
+        rows = [run for run in runs if run["mode"] == mode]
+        summary[mode] = {
+            key: {"mean": float(np.mean([r[key] for r in rows])), "std": float(np.std([r[key] for r in rows])),
+                  "values": [r[key] for r in rows]}
+            for key in METRICS
+        }
+    return summary
+
+
+def markdown_table(summary: dict, num_seeds: int) -> str:
+    """The study's table: mean +- standard deviation over the seeds, per fine-tuning policy."""
+    lines = [
+        "| CLIP during CAT-Seg training | seen mIoU | unseen mIoU | harmonic mean | hub mean_iou, validation | "
+        "hub mean_iou, heldout | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    labels = {"frozen": "frozen", "attention": "attention (Q,V) fine-tuning", "full": "full fine-tuning"}
+    for mode, metrics in summary.items():
+        cells = [f"{metrics[k]['mean']:.3f} ± {metrics[k]['std']:.3f}" for k in METRICS]
+        lines.append(f"| {labels.get(mode, mode)} | " + " | ".join(cells) + f" | {num_seeds} |")
+    return "\n".join(lines)
