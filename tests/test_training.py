@@ -388,6 +388,7 @@ def test_torchrun_two_cpu_processes_train_and_evaluate(shared_path, tmp_path):
         "--config_overrides", json.dumps({"pad_len": 32, "clip_finetune": "full"}),  # the tests' tiny geometry
         "--synthetic_train_size", "16", "--synthetic_eval_size", "6", "--synthetic_image_size", "32",
         "--crop_size", "32", "--min_size_train", "32", "--eval_split", "validation",
+        "--synthetic_vocabulary", "all",  # the 17-name evaluation data of the single-process comparison below
         "--max_steps", "3", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2",
         "--logging_steps", "1", "--use_cpu", "true", "--disable_tqdm", "true",
     ]
