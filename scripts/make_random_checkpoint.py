@@ -5,7 +5,7 @@
 
 The folder is a normal `save_pretrained` folder (safetensors + modelling code). With `--bpe` (default: the shared
 fixture's BPE file when present), the processor and CLIP tokenizer are saved too, so the folder works with
-`CATSegProcessor`, `pipeline(...)` and `scripts/benchmark_speed.py`. The weights are random: outputs are meaningless,
+`CATSegProcessor`, `pipeline(...)` and `scripts/benchmark.py`. The weights are random: outputs are meaningless,
 but every tensor has the released shape, so timings and memory are those of the real model.
 """
 

@@ -1,0 +1,130 @@
+"""Smoke tests of scripts/benchmark.py in --quick mode (tiny random model, tiny inputs).
+
+The driver runs every case in a child process, and each child imports torch and transformers, which takes seconds on
+a busy machine: the end-to-end run is kept to one case (quiet + loaded, with --flops), and the training cases are run
+in this process through the script's own `run_case`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "scripts" / "benchmark.py"
+MEASUREMENT_FIELDS = (
+    "median_s", "min_s", "max_s", "cpu_user_s", "cpu_sys_s", "minor_faults", "major_faults", "peak_rss_gb",
+)
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("catseg_benchmark_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(args: list[str], shared_path: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", CATSEG_SHARED_DIR=str(shared_path), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300
+    )
+
+
+def process_exists(pid: int) -> bool:
+    # A reaped child has no /proc entry; a zombie would still have one, with state Z.
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        state = stat.read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_quick_end_to_end_with_flops_and_background_load(tmp_path, shared_path):
+    output = tmp_path / "results.json"
+    completed = run_script(
+        ["--quick", "--cases", "whole150", "--threads", "1", "--flops", "--background-load", "1"]
+        + ["--json", str(output)],
+        shared_path,
+    )
+    assert completed.returncode == 0, f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr[-4000:]}"
+    payload = json.loads(output.read_text())
+    assert payload["quick"] and payload["background_load"] == 1
+    quiet, loaded = payload["results"]
+    assert (quiet["case"], quiet["condition"]) == ("whole150", "quiet")
+    assert (loaded["case"], loaded["condition"]) == ("whole150", "loaded")
+    for row in (quiet, loaded):
+        for field in MEASUREMENT_FIELDS:
+            assert isinstance(row[field], (int, float)) and row[field] >= 0, field
+        assert row["cpu_user_s"] + row["cpu_sys_s"] > 0
+        flops = row["flops"]
+        assert {"clip_vision", "aggregator", "decoder"} <= set(flops["parts"])
+        assert flops["parts"]["aggregator"]["gflop"] > 0 and flops["parts"]["decoder"]["gflop"] > 0
+        assert flops["total_gflop"] == pytest.approx(sum(p["gflop"] for p in flops["parts"].values()))
+        assert flops["matmul_gflops_per_s"] > 0
+    load = loaded["background_load"]
+    assert load["processes"] == 1 and len(load["pids"]) == 1
+    assert load["alive_at_end"] == [True]  # the busy loop ran for the whole loaded case
+    assert load["cpu_s"][0] > 0
+    assert loaded["slowdown_vs_quiet"] > 0
+    assert not any(process_exists(pid) for pid in load["pids"])
+    # The table shows both conditions and the per-part FLOPs.
+    assert "loaded" in completed.stdout and "GFLOP/s" in completed.stdout and "minor flt" in completed.stdout
+
+
+@pytest.mark.parametrize("case", ["train171", "train171-checkpointing"])
+def test_training_cases(script, case, tmp_path, bpe_path):
+    from catseg_hf.testing_utils import save_tiny_model_folder
+
+    folder = save_tiny_model_folder(tmp_path / "tiny", bpe_path)
+    args = argparse.Namespace(
+        model=str(folder), case=case, runs=1, threads=1, dtype="float32", flops=True, quick=True
+    )
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        result = script.run_case(args)
+    finally:
+        torch.set_num_threads(threads)
+    assert result["kind"] == "train" and result["batch_size"] == 2 and result["num_classes"] == 12
+    assert result["crop_size"] == 64  # the tiny model's CLIP resolution
+    assert result["gradient_checkpointing"] is (case == "train171-checkpointing")
+    assert "flops" not in result  # FLOPs are counted for the inference path only
+    for field in MEASUREMENT_FIELDS:
+        assert result[field] >= 0
+
+
+def test_background_load_is_stopped_on_error(script):
+    with pytest.raises(RuntimeError):
+        with script.BackgroundLoad(2, deadline_s=60) as load:
+            pids = [p.pid for p in load.processes]
+            time.sleep(0.3)
+            raise RuntimeError("case failed")
+    assert len(pids) == 2 and load.report["pids"] == pids
+    assert all(cpu is not None and cpu > 0 for cpu in load.report["cpu_s"])  # they were spinning
+    assert not any(process_exists(pid) for pid in pids)
+
+
+def test_busy_loop_stops_at_its_deadline(script):
+    with script.BackgroundLoad(1, deadline_s=0.2) as load:
+        load.processes[0].wait(timeout=30)
+    assert load.report["alive_at_end"] == [False]
+
+
+def test_unknown_case_is_a_clear_error(shared_path):
+    completed = run_script(["--quick", "--cases", "whole150,nonsense"], shared_path)
+    assert completed.returncode == 2
+    assert "unknown case(s) nonsense" in completed.stderr and "train171-checkpointing" in completed.stderr
+    missing_model = run_script(["--cases", "whole150"], shared_path)
+    assert missing_model.returncode == 2 and "--model is required" in missing_model.stderr
