@@ -499,6 +499,19 @@ def format_flops(result: dict) -> str:
     return "\n".join(lines)
 
 
+def die_with_parent() -> None:
+    """Linux: have the kernel kill this case process when the driver that started it dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the driver died before the call
+        sys.exit(1)
+
+
 def _raise_on_sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -529,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--background-load must be >= 0")
 
     if args.case:
+        die_with_parent()
         print(json.dumps(run_case(args)))
         return 0
 
@@ -556,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
             args.model = str(save_tiny_model_folder(Path(temporary) / "tiny", bpe))
             args.built_tiny_model = True
         return benchmark(args, cases)
+    except KeyboardInterrupt:
+        print("interrupted: the case process and the busy loops were stopped", file=sys.stderr)
+        return 130
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         if temporary is not None:
