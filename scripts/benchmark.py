@@ -61,7 +61,12 @@ Options:
                           tokenizer from the shared BPE file) in a temporary folder; 96x128 image, 12 classes
                           (20 for the 847-class cases, above the tiny model's pad_len), training crops at the tiny
                           model's 64 px, 1 run unless --runs is given.
-  --json PATH             also write all results (one row per case and condition) to PATH.
+  --json PATH             also write all results to PATH: one row per case and condition ("quiet"/"loaded") with
+                          median_s/min_s/max_s, cpu_user_s/cpu_sys_s and minor_faults/major_faults (per timed run),
+                          peak_rss_gb, and where they apply "flops" (per part), "background_load" (pids, deadline,
+                          alive_at_end, cpu_s of each busy loop) and "slowdown_vs_quiet".
+
+A case process is killed by the kernel if the driver dies (PR_SET_PDEATHSIG, Linux), so none outlives it either.
 """
 
 from __future__ import annotations
