@@ -3,9 +3,12 @@ half precision, export; the blocks and the inference kernels (`catseg_kernels`) 
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 import torch
@@ -826,3 +829,162 @@ def test_torch_compile_of_the_whole_mode_forward_has_no_graph_break():
         torch._dynamo.reset()
         explanation = torch._dynamo.explain(model)(pixel_values=pixel_values, class_embeddings=embeddings)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+# ------------------------------------------------------------------------------------ tile threads of the kernels
+
+
+@pytest.fixture
+def one_intra_op_thread():
+    """The caller runs with one torch thread (as each tile thread does), so that threaded and inline kernels compute
+    with the same products and can be compared bit for bit; the caller's count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("pooling_size", [(1, 1), (2, 2)])
+def test_threaded_kernels_equal_inline_kernels_and_blocks(pooling_size, monkeypatch, one_intra_op_thread):
+    """Each kernel on two tile threads with one class map / pixel / token per tile: bit-identical to the same kernel
+    inline (the tiles are independent and write disjoint slices of the buffer they update in place), and equal to
+    the block it stands for."""
+    use_smallest_tiles(monkeypatch)
+    model = make_model(window_size=2)
+    layer = model.aggregator.layers[0]
+    generator = torch.Generator().manual_seed(12)
+    cost_embedding = torch.randn(2, 5, 4, 4, 32, generator=generator)
+    appearance_guidance = torch.randn(2, 4, 4, 16, generator=generator)
+    text_guidance = torch.randn(2, 5, 16, generator=generator).relu()
+
+    with torch.no_grad():
+        results = {}
+        for workers in (1, 2):
+            buffer = cost_embedding.clone()
+            with catseg_kernels.TileWorkers(workers) as tile_workers:
+                catseg_kernels.spatial_aggregation(
+                    layer.spatial_aggregation, buffer, appearance_guidance, out=buffer, workers=tile_workers
+                )
+            results["spatial", workers] = buffer
+            buffer = cost_embedding.clone()
+            with catseg_kernels.TileWorkers(workers) as tile_workers:
+                catseg_kernels.class_aggregation(
+                    layer.class_aggregation, buffer, text_guidance, pooling_size, out=buffer, workers=tile_workers
+                )
+            results["class", workers] = buffer
+        spatial = layer.spatial_aggregation(cost_embedding, appearance_guidance)
+        classes = layer.class_aggregation(cost_embedding, text_guidance, pooling_size)
+    assert torch.equal(results["spatial", 2], results["spatial", 1])
+    assert torch.equal(results["class", 2], results["class", 1])
+    torch.testing.assert_close(results["spatial", 2], spatial, atol=1e-5, rtol=0)
+    torch.testing.assert_close(results["class", 2], classes, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("num_classes", [3, 13])
+def test_model_on_tile_threads_equals_inline_and_autograd_paths(num_classes, monkeypatch, one_intra_op_thread):
+    """The whole model (CLIP views, aggregation, decoder chunks on two tile threads, smallest tiles), under
+    `torch.inference_mode` (whose tensors only accept in-place updates inside inference mode, in every thread):
+    bit-identical to the kernels inline and equal to the blocks (with gradients)."""
+    use_smallest_tiles(monkeypatch)
+    model = make_model(window_size=2, class_chunk_size=0)
+    pixel_values, input_ids = random_inputs(model, batch=3, num_classes=num_classes)
+    with torch.no_grad():
+        class_embeddings = model.get_class_embeddings(input_ids)
+    with torch.enable_grad():
+        expected = model(pixel_values=pixel_values, class_embeddings=class_embeddings).logits.detach()
+    swin_block_tile, threads = catseg_kernels.swin_block_tile, set()
+
+    def recorded(*args):
+        threads.add(threading.current_thread().name)
+        return swin_block_tile(*args)
+
+    monkeypatch.setattr(catseg_kernels, "swin_block_tile", recorded)
+    logits = {}
+    for workers in (1, 2):
+        monkeypatch.setattr(catseg_kernels, "tile_workers", lambda workers=workers: workers)
+        with torch.inference_mode():
+            logits[workers] = model(pixel_values=pixel_values, class_embeddings=class_embeddings).logits
+    assert threading.current_thread().name in threads and any(name.startswith("catseg-tiles") for name in threads)
+    assert torch.equal(logits[2], logits[1])
+    torch.testing.assert_close(logits[2], expected, atol=1e-5, rtol=0)
+
+
+def test_tile_threads_take_the_callers_state_and_leave_it_unchanged():
+    """In the tile threads: one intra-op thread, the caller's gradient mode, inference mode and CPU autocast. The
+    caller's thread count is unchanged afterwards, and so is the count a thread started afterwards gets."""
+
+    def state(_):
+        return (
+            torch.get_num_threads(),
+            torch.is_grad_enabled(),
+            torch.is_inference_mode_enabled(),
+            torch.is_autocast_enabled("cpu"),
+            torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None,
+        )
+
+    def fresh_thread_count():
+        counts = []
+        thread = threading.Thread(target=lambda: counts.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        return counts[0]
+
+    threads, fresh = torch.get_num_threads(), fresh_thread_count()
+    with catseg_kernels.TileWorkers(2) as workers:
+        assert workers.map(state, range(4)) == [(1, True, False, False, None)] * 4
+    with torch.no_grad(), catseg_kernels.TileWorkers(2) as workers:
+        assert workers.map(state, range(4)) == [(1, False, False, False, None)] * 4
+    with torch.inference_mode(), catseg_kernels.TileWorkers(2) as workers:
+        assert workers.map(state, range(4)) == [(1, False, True, False, None)] * 4
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad(), catseg_kernels.TileWorkers(2) as workers:
+        assert workers.map(state, range(4)) == [(1, False, False, True, torch.bfloat16)] * 4
+    assert torch.get_num_threads() == threads
+    assert fresh_thread_count() == fresh
+    with catseg_kernels.TileWorkers(1) as workers:  # inline: the caller's own thread
+        assert workers.map(state, range(2)) == [state(None)] * 2
+
+
+def test_an_exception_in_a_tile_propagates_after_all_tiles_stopped():
+    """The first failing tile's exception reaches the caller, once no tile runs any more; tiles not started by then
+    never start."""
+    started, finished = [], []
+    lock = threading.Lock()
+
+    def tile(index):
+        with lock:
+            started.append(index)
+        if index == 3:
+            raise ValueError("tile 3 failed")
+        time.sleep(0.01)
+        with lock:
+            finished.append(index)
+        return index
+
+    for workers in (1, 2):
+        started.clear()
+        finished.clear()
+        with catseg_kernels.TileWorkers(workers) as tile_workers:
+            with pytest.raises(ValueError, match="tile 3 failed"):
+                tile_workers.map(tile, range(40))
+            snapshot = (list(started), list(finished))
+            time.sleep(0.05)
+            assert (started, finished) == snapshot  # nothing ran on after the exception was raised
+            assert len(started) < 40
+            assert tile_workers.map(lambda index: index * 2, range(5)) == [0, 2, 4, 6, 8]  # the pool still works
+
+
+def test_tile_threads_only_where_they_see_all_work(monkeypatch):
+    """`tile_workers`: the caller's torch thread count, but 1 under a dispatch mode such as `FlopCounterMode` (it
+    would not count the other threads' work). With more threads, tiles shrink to give each at least
+    `MIN_TILES_PER_WORKER`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    assert catseg_kernels.tile_workers() == torch.get_num_threads()
+    with FlopCounterMode(display=False):
+        assert catseg_kernels.tile_workers() == 1
+    minimum = catseg_kernels.MIN_TILES_PER_WORKER
+    assert catseg_kernels.tile_size(8, 150, workers=1) == 8
+    assert catseg_kernels.tile_size(8, 150, workers=2) == 8  # 19 tiles: enough
+    assert catseg_kernels.tile_size(54, 144, workers=2) == math.ceil(144 / (2 * minimum))
+    assert catseg_kernels.tile_size(54, 144, workers=2, other_tiles=8) == 54
+    assert catseg_kernels.tile_size(0, 3, workers=4) == 1
