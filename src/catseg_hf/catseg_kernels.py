@@ -110,11 +110,13 @@ class TileWorkers:
 
     The caller's gradient mode, inference mode and CPU autocast hold in the threads (they are thread-local in torch,
     and a new thread starts with gradients enabled). `torch.set_num_threads` in the threads also sets the count that
-    threads not yet using torch will start with; on exit that is set back to the caller's count."""
+    threads not yet using torch will start with; on exit that is set back to the caller's count. (Like any call of
+    it, it also turns MKL's dynamic choice of thread counts off, process-wide.)"""
 
     def __init__(self, workers: int):
         self.workers = workers
         self._executor: ThreadPoolExecutor | None = None
+        self._started = False  # whether a thread has started (and set its thread count)
 
     def __enter__(self) -> TileWorkers:
         if self.workers > 1:
@@ -131,6 +133,9 @@ class TileWorkers:
     def __exit__(self, *exc_info: object) -> None:
         executor, self._executor = self._executor, None
         if executor is None:
+            return
+        if not self._started:
+            executor.shutdown()
             return
         try:
             # Threads started later take their count from the last `torch.set_num_threads`: put the caller's back.
@@ -153,6 +158,7 @@ class TileWorkers:
         tiles = list(tiles)
         if self._executor is None or len(tiles) <= 1:
             return [function(tile) for tile in tiles]
+        self._started = True
         futures = [self._executor.submit(self._in_caller_state, function, tile) for tile in tiles]
         try:
             wait(futures, return_when=FIRST_EXCEPTION)
