@@ -42,15 +42,17 @@ use, convert the official CAT-Seg checkpoints (see the catseg-hf README).
 ## Measured mean IoU
 
 Through `CATSegProcessor` (whole image) -> model -> `post_process_semantic_segmentation`, queried with all 17 names, on
-{eval_images} fresh synthetic images per split (hub `mean_iou` semantics: classes absent from both prediction and
-reference are skipped):
+{eval_images} fresh synthetic images per split. As in zero-shot segmentation papers, the seen (unseen) mean IoU
+averages the IoU of the 12 seen (4 unseen) combinations, each split scored on its own images; the hub `mean_iou` of
+each split (every class predicted or present, background included) is beside it:
 
-| split | what it contains | mean IoU | pixel accuracy |
-|---|---|---|---|
-| `validation` | seen colour/shape combinations | **{seen_miou:.3f}** | {seen_accuracy:.3f} |
-| `heldout` | unseen combinations: red triangle, green cross, blue circle, yellow square | **{unseen_miou:.3f}** | {unseen_accuracy:.3f} |
+| split | what it contains | mean IoU | hub mean_iou | pixel accuracy |
+|---|---|---|---|---|
+| `validation` | seen colour/shape combinations | **{seen_miou:.3f}** | {seen_hub_miou:.3f} | {seen_accuracy:.3f} |
+| `heldout` | unseen combinations: red triangle, green cross, blue circle, yellow square | **{unseen_miou:.3f}** | {unseen_hub_miou:.3f} | {unseen_accuracy:.3f} |
 
-Harmonic mean {harmonic_miou:.3f}. Per class, seen: {seen_per_class}. Unseen: {unseen_per_class}.
+Harmonic mean {harmonic_miou:.3f}. Per class, seen: {seen_per_class}. Unseen: {unseen_per_class}. Seen mean IoU
+with only the 13 training names offered (no held-out name competing for the pixels): {seen_miou_training_names:.3f}.
 
 {study_section}
 ## How it was built
@@ -66,7 +68,7 @@ Harmonic mean {harmonic_miou:.3f}. Per class, seen: {seen_per_class}. Unseen: {u
    the 16 combinations on fresh single-shape images: **{zero_shot_accuracy:.3f}** ({clip_minutes:.1f} min).
 2. **CAT-Seg training**: `scripts/train.py recipes/tiny_shapes.yaml --clip_model_name_or_path <stage 1>
    --clip_finetune {clip_finetune}`, the official recipe's structure scaled down (BCE over the 13 training classes,
-   AdamW with the official weight-decay exceptions, CLIP query/value projections at lr x 0.01, cosine schedule,
+   AdamW with the official weight-decay exceptions, CLIP's trained parameters at lr x {clip_lr_multiplier}, cosine schedule,
    whole-model gradient clipping): {steps} steps, batch {batch_size}, lr {lr}, {train_images} images of the 12 seen
    combinations ({train_minutes:.1f} min).
 3. Saved with all 17 names as the default vocabulary (`config.id2label`), so the `image-segmentation` pipeline
@@ -91,7 +93,10 @@ segments = pipeline("image-segmentation", model="examples/tiny-shapes-catseg")(i
 
 ## Limitations
 
-Synthetic data only: {image_size}-px flat-coloured shapes on a grey texture. Licence: MIT, as catseg-hf.
+Synthetic data only: {image_size}-px flat-coloured shapes on a grey texture. It segments unseen combinations far less
+reliably than seen ones, and both fall short of what the miniature was meant to reach (0.85 seen, 0.5 unseen); the
+catseg-hf README ("The tiny demo model") measures why: colour is never the error, shape is (small objects on a 12x12
+CLIP grid), and unseen objects lose their pixels to a seen name of the same colour. Licence: MIT, as catseg-hf.
 """
 
 
@@ -133,8 +138,13 @@ def model_card(facts: dict, study: dict | None):
             result("heldout", facts["unseen_miou"], "unseen combinations"),
         ],
     )
-    per_class = {key: ", ".join(f"{name} {iou:.2f}" for name, iou in facts[key].items() if name != "background")
-                 for key in ("seen_per_class", "unseen_per_class")}
+    from catseg_hf.data.synthetic import HELDOUT_COMBOS, SEEN_COMBOS
+
+    # Each split's own combinations, as its mean IoU averages them.
+    per_class = {
+        key: ", ".join(f"{color} {shape} {facts[key].get(f'{color} {shape}', 0.0):.2f}" for color, shape in combos)
+        for key, combos in (("seen_per_class", SEEN_COMBOS), ("unseen_per_class", HELDOUT_COMBOS))
+    }
     body = CARD_BODY.format(study_section=study_section(study), **{**facts, **per_class})
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
@@ -205,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     names = synthetic_class_names("all")  # the default vocabulary: all 17 names, held-out ones included
     prepare_for_saving(model, processor, names)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-shapes-", dir=output.parent))
+    staging.chmod(0o755)  # a model folder, not a private temporary one
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
     measured = evaluate_model_folder(staging, args.eval_images, data_args.synthetic_seed, data_args.synthetic_image_size)
@@ -222,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         text_width=clip.text_config.hidden_size, text_layers=clip.text_config.num_hidden_layers,
         train_images=data_args.synthetic_train_size, image_size=data_args.synthetic_image_size,
         batch_size=training_args.per_device_train_batch_size, lr=training_args.learning_rate,
+        clip_lr_multiplier=training_args.clip_lr_multiplier,
         train_minutes=float(train_results["train_runtime"]) / 60,
         clip_steps=stage1["steps"], clip_batch_size=stage1["batch_size"], clip_minutes=stage1["runtime_s"] / 60,
         zero_shot_accuracy=stage1["zero_shot_accuracy"], zero_shot_per_class=stage1["zero_shot_per_class"],

@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             process = train_catseg(TRAIN_SCRIPT, RECIPE, bpe, clip_dir, folder, mode, seed, extra_args=train_args,
                                    log_file=work / f"{folder.name}.log")
         running.append((mode, seed, folder, process))
-        if len(running) == max(1, args.jobs) or index == len(jobs) - 1:
+        # Reused runs take no slot: --jobs processes train at once.
+        if sum(p is not None for *_, p in running) == max(1, args.jobs) or index == len(jobs) - 1:
             wait_all([process for *_, process in running if process is not None])
             for mode_, seed_, folder_, _ in running:
                 result = evaluate_model_folder(folder_, args.eval_images, data_args.synthetic_seed,

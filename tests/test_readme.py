@@ -81,3 +81,42 @@ def test_cli_examples(section, workdir, monkeypatch):
         out = workdir / arguments[arguments.index("--out") + 1]
         for name in ("room_labels.png", "room_overlay.png", "room.json"):
             assert (out / name).is_file(), f"{shlex.join(command)} did not write {name}"
+
+
+# ----------------------------------------------------------------------------------- the tiny demo model's section
+TINY_MODEL_TITLE = "### The tiny demo model"
+REPO_ROOT = README.parent
+
+
+def tiny_model_section() -> str:
+    """The README's "### The tiny demo model..." subsection (up to the next heading of level 2 or 3)."""
+    text = README.read_text(encoding="utf-8")
+    match = re.search(rf"^{re.escape(TINY_MODEL_TITLE)}[^\n]*\n(.*?)(?=^##+ |\Z)", text, flags=re.MULTILINE | re.DOTALL)
+    assert match, f"README.md has no {TINY_MODEL_TITLE!r} subsection"
+    return match.group(1)
+
+
+def test_tiny_model_examples_label_an_unseen_combination(tmp_path, monkeypatch):
+    """The section's Python example, run as written with the shipped model, labels the two held-out combinations of
+    its scene (IoU >= 0.6 each), and its commands run through the CLI."""
+    section = tiny_model_section()
+    (block,) = code_blocks(section, "python")
+    monkeypatch.chdir(REPO_ROOT)
+    namespace = {"__name__": "__main__"}
+    exec(compile(block, f"README.md {TINY_MODEL_TITLE} python block", "exec"), namespace)
+    label_map, truth, names = namespace["label_map"], np.asarray(namespace["truth"]), namespace["names"]
+    from catseg_hf.data.synthetic import CLASS_NAMES
+
+    for name in ("red triangle", "green cross"):
+        predicted, expected = label_map == names.index(name), truth == CLASS_NAMES.index(name)
+        assert expected.any() and (predicted & expected).sum() / (predicted | expected).sum() >= 0.6, name
+
+    monkeypatch.chdir(tmp_path)
+    for command in [command for block in code_blocks(section, "bash") for command in shell_commands(block)]:
+        if command[:2] == ["python", "-c"]:
+            exec(command[2], {"__name__": "__main__"})
+        else:
+            assert command[0] == "catseg-hf", shlex.join(command)
+            arguments = [str(REPO_ROOT / a) if a.startswith("examples/") else a for a in command[1:]]
+            assert cli_main(arguments) == 0, shlex.join(command)
+    assert (tmp_path / "demo" / "unseen_overlay.png").is_file()

@@ -36,10 +36,12 @@ from catseg_hf.training import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_DIR = REPO_ROOT / "examples" / "tiny-shapes-catseg"
 NUM_CLASSES = 17  # background + 4 colours x 4 shapes
-# The shipped model scores 0.79 mean IoU on the 12 validation images of the test below (0.77 on 100, see its model
-# card; a model that learned only foreground vs background scored 0.07); the margin absorbs arg-max ties that other
-# CPUs may round differently.
-SHIPPED_MIN_SEEN_MIOU = 0.65
+# The shipped model's zero-shot-protocol mean IoU on the first 24 fresh images of each split, measured: 0.559 seen,
+# 0.387 unseen (0.558 / 0.353 on 100, see its model card; the official-multiplier model of the first study scored
+# 0.35 / 0.23 and a model that learned only foreground vs background 0 / 0); the margin absorbs arg-max ties that
+# other CPUs may round differently.
+SHIPPED_MIN_SEEN_MIOU = 0.50
+SHIPPED_MIN_UNSEEN_MIOU = 0.32
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -349,32 +351,32 @@ def test_command_line_overrides_the_recipe():
 
 
 # ---------------------------------------------------------------------------------------------- shipped tiny model
-def test_shipped_tiny_model_loads_and_segments_the_validation_shapes():
+def test_shipped_tiny_model_segments_seen_and_unseen_combinations():
     if not (EXAMPLE_DIR / "model.safetensors").is_file():
         pytest.fail(f"{EXAMPLE_DIR} is missing; run scripts/make_tiny_shapes_model.py")
-    from transformers import AutoModel, AutoProcessor
+    from huggingface_hub import ModelCard
+    from transformers import AutoModel, AutoProcessor, pipeline
+
+    from catseg_hf.training.tiny_shapes import measure_miou
 
     size = sum(f.stat().st_size for f in EXAMPLE_DIR.rglob("*") if f.is_file())
     assert size < 10 * 2**20, f"{EXAMPLE_DIR} holds {size / 2**20:.1f} MB"
-    assert (EXAMPLE_DIR / "README.md").is_file()
     model = AutoModel.from_pretrained(EXAMPLE_DIR).eval()
     processor = AutoProcessor.from_pretrained(EXAMPLE_DIR)
     names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
     assert len(names) == NUM_CLASSES
-    dataset, _ = make_synthetic_dataset("validation", 12, 0, image_size=128)
-    images = [dataset[i]["image"] for i in range(len(dataset))]
-    labels = [np.asarray(dataset[i]["label"]) for i in range(len(dataset))]
-    inputs = processor(images=images, text=names, mode="whole", return_tensors="pt")
-    with torch.no_grad():
-        outputs = model(**inputs)
-    predictions = processor.post_process_semantic_segmentation(outputs, target_sizes=[lab.shape for lab in labels])
-    metric = StreamingMeanIoU(num_labels=NUM_CLASSES, ignore_index=255)
-    metric.update([np.asarray(p) for p in predictions], labels)
-    assert metric.compute()["mean_iou"] >= SHIPPED_MIN_SEEN_MIOU
+    # The public inference path (processor -> model -> post-processing) on fresh images of each split.
+    seen = measure_miou(model, processor, "validation", 24, 0, 128)
+    unseen = measure_miou(model, processor, "heldout", 24, 0, 128)
+    assert seen["mean_iou"] >= SHIPPED_MIN_SEEN_MIOU and unseen["mean_iou"] >= SHIPPED_MIN_UNSEEN_MIOU
+    # The card reports both splits in its model-index, as measured by the build script.
+    summary = json.loads((EXAMPLE_DIR / "training_summary.json").read_text())
+    card = ModelCard.load(EXAMPLE_DIR / "README.md")
+    results = {result.dataset_split: result.metric_value for result in card.data.eval_results}
+    assert results == {"validation": round(summary["seen_miou"], 4), "heldout": round(summary["unseen_miou"], 4)}
     # The training vocabulary is the folder's default vocabulary: the built-in pipeline needs no class names.
-    from transformers import pipeline
-
-    segments = pipeline("image-segmentation", model=str(EXAMPLE_DIR))(images[0])
+    image = make_synthetic_dataset("heldout", 1, 0, image_size=128)[0][0]["image"]
+    segments = pipeline("image-segmentation", model=str(EXAMPLE_DIR))(image)
     assert segments and {segment["label"] for segment in segments} <= set(names)
 
 

@@ -23,12 +23,24 @@ What is reformulated, against the blocks:
   guidance halves and biases are one precomputed term per image (Swin windows) or per class (class aggregation).
 - **Fewer temporaries.** The attention's output projection is one `addmm`, residuals are added in place, and ReLU and
   the `elu + 1` feature map act on their inputs.
+
+**Tile threads.** With more than one torch thread, each entry point runs its independent tiles (Swin tiles, pixel
+tiles of the class aggregation, decoder class chunks, CLIP views) on a pool of as many Python threads as the caller
+has torch threads, each with one intra-op thread, which take the next tile as soon as they finish one
+([`TileWorkers`]); the caller's own thread count and thread state are left as they were. Many short OpenMP parallel
+regions, every op split statically across the threads, would make every op wait for the slowest thread, which on a
+shared machine is the one whose core is busy with other work (and its partner busy-waits meanwhile); see
+`docs/performance-notes.md`. The tiles write disjoint slices of their outputs, and each reads only its own slice of a
+buffer it updates, so the order in which they run does not matter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, NamedTuple
+import math
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +67,12 @@ SWIN_TOKENS_PER_TILE = 8 * 24 * 24
 CLASS_AGGREGATION_TOKENS_PER_TILE = 8192
 # Output pixels (classes x 4H x 4W) per tile of the upsampling decoder: 8 classes at 96x96.
 DECODER_OUTPUT_PIXELS_PER_TILE = 8 * 96 * 96
+# With tile threads, tiles are made smaller where needed so that each thread has at least this many to take from
+# (a thread slowed by other work on its core then simply takes fewer).
+MIN_TILES_PER_WORKER = 4
+
+_Tile = TypeVar("_Tile")
+_Result = TypeVar("_Result")
 
 
 def use_inference_kernels(tensor: torch.Tensor) -> bool:
@@ -62,6 +80,113 @@ def use_inference_kernels(tensor: torch.Tensor) -> bool:
     graph and overwrite their buffers) and only on CPU (the tiles are sized for CPU caches; accelerators run the
     blocks as written)."""
     return not torch.is_grad_enabled() and tensor.device.type == "cpu"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tile threads
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def tile_workers() -> int:
+    """How many threads run the tiles of a kernel called now: the caller's torch thread count (1: the tiles run in
+    the caller's thread, as plain loops). Also 1 while compiling or exporting, and under a torch function or
+    dispatch mode (as `FlopCounterMode`), which is thread-local and would not see the work of other threads."""
+    if torch.compiler.is_compiling():
+        return 1
+    if torch._C._len_torch_dispatch_stack() > 0 or torch._C._len_torch_function_stack() > 0:
+        return 1
+    return torch.get_num_threads()
+
+
+def _use_one_intra_op_thread() -> None:
+    # Thread-local under OpenMP (the calling thread's OpenMP and MKL thread counts).
+    torch.set_num_threads(1)
+
+
+class TileWorkers:
+    """A pool of `workers` threads for the tiles of one kernel call, as a context manager: `map` runs a function over
+    tiles, each thread (one intra-op thread) taking the next tile when it is done with one. With `workers <= 1`, or one
+    tile, `map` runs in the calling thread. No tile runs any longer once `map` has returned or raised.
+
+    The caller's gradient mode, inference mode and CPU autocast hold in the threads (they are thread-local in torch,
+    and a new thread starts with gradients enabled). `torch.set_num_threads` in the threads also sets the count that
+    threads not yet using torch will start with; on exit that is set back to the caller's count. (Like any call of
+    it, it also turns MKL's dynamic choice of thread counts off, process-wide.)"""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._executor: ThreadPoolExecutor | None = None
+        self._started = False  # whether a thread has started (and set its thread count)
+
+    def __enter__(self) -> TileWorkers:
+        if self.workers > 1:
+            self._caller_threads = torch.get_num_threads()
+            self._grad_enabled = torch.is_grad_enabled()
+            self._inference_mode = torch.is_inference_mode_enabled()
+            self._autocast = torch.is_autocast_enabled("cpu")
+            self._autocast_dtype = torch.get_autocast_dtype("cpu")
+            self._executor = ThreadPoolExecutor(
+                self.workers, thread_name_prefix="catseg-tiles", initializer=_use_one_intra_op_thread
+            )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        if not self._started:
+            executor.shutdown()
+            return
+        try:
+            # Threads started later take their count from the last `torch.set_num_threads`: put the caller's back.
+            executor.submit(torch.set_num_threads, self._caller_threads).result()
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def _in_caller_state(self, function: Callable[[_Tile], _Result], tile: _Tile) -> _Result:
+        with ExitStack() as stack:
+            stack.enter_context(torch.set_grad_enabled(self._grad_enabled))
+            if self._inference_mode:
+                stack.enter_context(torch.inference_mode())
+            if self._autocast:
+                stack.enter_context(torch.autocast("cpu", dtype=self._autocast_dtype))
+            return function(tile)
+
+    def map(self, function: Callable[[_Tile], _Result], tiles: Iterable[_Tile]) -> list[_Result]:
+        """`[function(tile) for tile in tiles]`, the tiles on the threads. The first exception of a tile is raised
+        once no tile runs any more (tiles not started yet are cancelled)."""
+        tiles = list(tiles)
+        if self._executor is None or len(tiles) <= 1:
+            return [function(tile) for tile in tiles]
+        self._started = True
+        futures = [self._executor.submit(self._in_caller_state, function, tile) for tile in tiles]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:
+            # After a tile's exception (or an interruption of this thread): start no further tile, let running ones end.
+            for future in futures:
+                future.cancel()
+            wait(futures)
+        for future in futures:
+            if not future.cancelled() and future.exception() is not None:
+                raise future.exception()
+        return [future.result() for future in futures]
+
+
+def map_tiles(function: Callable[[_Tile], _Result], tiles: Sequence[_Tile]) -> list[_Result]:
+    """`[function(tile) for tile in tiles]` for independent tiles, on `tile_workers()` threads (see [`TileWorkers`])."""
+    with TileWorkers(tile_workers()) as workers:
+        return workers.map(function, tiles)
+
+
+def tile_size(size: int, length: int, workers: int, other_tiles: int = 1) -> int:
+    """`size` (at least 1), made smaller with `workers > 1` threads where `length` items cut into tiles of `size`
+    (times `other_tiles` along other axes) would leave fewer than `MIN_TILES_PER_WORKER` tiles per thread."""
+    size = max(1, size)
+    if workers > 1:
+        tiles_needed = math.ceil(MIN_TILES_PER_WORKER * workers / max(1, other_tiles))
+        size = min(size, max(1, math.ceil(length / tiles_needed)))
+    return size
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -155,24 +280,34 @@ def swin_block_tile(block: CATSegSwinBlock, maps: torch.Tensor, plan: SwinTilePl
 
 
 def spatial_aggregation(
-    module: CATSegSpatialAggregation, cost_embedding: torch.Tensor, appearance_guidance: torch.Tensor, out: torch.Tensor
+    module: CATSegSpatialAggregation,
+    cost_embedding: torch.Tensor,
+    appearance_guidance: torch.Tensor,
+    out: torch.Tensor,
+    workers: TileWorkers | None = None,
 ) -> torch.Tensor:
     """`module` on `cost_embedding` `(B, T, H, W, C)` with `appearance_guidance` `(B, H, W, G)`, in tiles of a few
-    class maps of one image, written into `out` (same shape; may be `cost_embedding` itself)."""
+    class maps of one image (on the threads of `workers`, if given), written into `out` (same shape; may be
+    `cost_embedding` itself: a tile reads and writes only its own class maps)."""
     batch, num_classes, height, width, channels = cost_embedding.shape
     guidance = module.guidance_norm(appearance_guidance)
     maps_per_tile = num_classes if module.class_chunk_size <= 0 else module.class_chunk_size
     maps_per_tile = min(maps_per_tile, max(1, SWIN_TOKENS_PER_TILE // (height * width)), num_classes)
+    maps_per_tile = tile_size(maps_per_tile, num_classes, workers.workers if workers else 1, other_tiles=batch)
     plans = [swin_tile_plan(block, guidance, maps_per_tile) for block in module.blocks]
     inputs = cost_embedding.reshape(batch, num_classes, height * width, channels)
     outputs = out.view(batch, num_classes, height * width, channels)
-    for image in range(batch):
-        for start in range(0, num_classes, maps_per_tile):
-            tile = slice(start, start + maps_per_tile)
-            maps = inputs[image, tile]
-            for block, plan in zip(module.blocks, plans):
-                maps = swin_block_tile(block, maps, plan, image)
-            outputs[image, tile] = maps
+
+    def run_tile(tile: tuple[int, slice]) -> None:
+        image, classes = tile
+        maps = inputs[image, classes]
+        for block, plan in zip(module.blocks, plans):
+            maps = swin_block_tile(block, maps, plan, image)
+        outputs[image, classes] = maps
+
+    starts = range(0, num_classes, maps_per_tile)
+    tiles = [(image, slice(start, start + maps_per_tile)) for image in range(batch) for start in starts]
+    (workers or TileWorkers(1)).map(run_tile, tiles)
     return out
 
 
@@ -205,23 +340,29 @@ def _class_layer_tiles(
     text_guidance: torch.Tensor,
     outputs: torch.Tensor,
     add_input: bool,
+    workers: TileWorkers | None = None,
 ) -> None:
     """The transformer layer of `module` across the classes of `tokens` `(B, T, P, C)` (text guidance `(B, T, G)`),
-    over tiles of pixels, written into `outputs` (same shape; may be `tokens` itself), plus the input if
-    `add_input`."""
+    over tiles of pixels (on the threads of `workers`, if given), written into `outputs` (same shape; may be `tokens`
+    itself: a tile reads and writes only its own pixels), plus the input if `add_input`."""
     batch, num_classes, num_pixels, _ = tokens.shape
     pixels_per_tile = max(1, CLASS_AGGREGATION_TOKENS_PER_TILE // num_classes)
+    pixels_per_tile = tile_size(pixels_per_tile, num_pixels, workers.workers if workers else 1, other_tiles=batch)
     padding = module.padding_contribution(module.pad_len - num_classes)
     attention = module.attention
     weight, terms = fused_guided_projection(attention.query, attention.key, attention.value, text_guidance)
     terms = terms.unsqueeze(-2)  # (B, T, 1, 3 * dim): shared by the pixels
-    for image in range(batch):
-        for start in range(0, num_pixels, pixels_per_tile):
-            pixels = slice(start, start + pixels_per_tile)
-            tile = tokens[image, :, pixels].contiguous()
-            attended = linear_attention_tile(attention, module.norm1(tile), weight, terms[image], padding)
-            hidden = residual_mlp(attended.add_(tile), module.norm2, module.mlp)
-            outputs[image, :, pixels] = hidden.add_(tile) if add_input else hidden
+
+    def run_tile(tile_slice: tuple[int, slice]) -> None:
+        image, pixels = tile_slice
+        tile = tokens[image, :, pixels].contiguous()
+        attended = linear_attention_tile(attention, module.norm1(tile), weight, terms[image], padding)
+        hidden = residual_mlp(attended.add_(tile), module.norm2, module.mlp)
+        outputs[image, :, pixels] = hidden.add_(tile) if add_input else hidden
+
+    starts = range(0, num_pixels, pixels_per_tile)
+    tiles = [(image, slice(start, start + pixels_per_tile)) for image in range(batch) for start in starts]
+    (workers or TileWorkers(1)).map(run_tile, tiles)
 
 
 def class_aggregation(
@@ -230,18 +371,19 @@ def class_aggregation(
     text_guidance: torch.Tensor,
     pooling_size: tuple[int, int],
     out: torch.Tensor,
+    workers: TileWorkers | None = None,
 ) -> torch.Tensor:
-    """`module` on `cost_embedding` `(B, T, H, W, C)` with `text_guidance` `(B, T, G)`, in tiles of pixels, written
-    into `out` (same shape; may be `cost_embedding` itself)."""
+    """`module` on `cost_embedding` `(B, T, H, W, C)` with `text_guidance` `(B, T, G)`, in tiles of pixels (on the
+    threads of `workers`, if given), written into `out` (same shape; may be `cost_embedding` itself)."""
     batch, num_classes, height, width, channels = cost_embedding.shape
     if tuple(pooling_size) == (1, 1):
         tokens = cost_embedding.view(batch, num_classes, height * width, channels)
-        _class_layer_tiles(module, tokens, text_guidance, out.view(tokens.shape), add_input=True)
+        _class_layer_tiles(module, tokens, text_guidance, out.view(tokens.shape), add_input=True, workers=workers)
         return out
     pooled = module.pool(cost_embedding, pooling_size)
     tokens = pooled.reshape(batch, num_classes, -1, channels)
     aggregated = torch.empty(tokens.shape, dtype=tokens.dtype, device=tokens.device)
-    _class_layer_tiles(module, tokens, text_guidance, aggregated, add_input=False)
+    _class_layer_tiles(module, tokens, text_guidance, aggregated, add_input=False, workers=workers)
     return torch.add(cost_embedding, module.unpool(aggregated.view(pooled.shape), (height, width)), out=out)
 
 
@@ -257,10 +399,14 @@ def inference_aggregation(
     text_guidance: torch.Tensor,
     pooling_size: tuple[int, int],
 ) -> torch.Tensor:
-    """The aggregation layers on `cost_embedding` `(B, T, H, W, C)`, updated in place (the caller must own it)."""
-    for layer in layers:
-        spatial_aggregation(layer.spatial_aggregation, cost_embedding, appearance_guidance, out=cost_embedding)
-        class_aggregation(layer.class_aggregation, cost_embedding, text_guidance, pooling_size, out=cost_embedding)
+    """The aggregation layers on `cost_embedding` `(B, T, H, W, C)`, updated in place (the caller must own it), their
+    tiles on `tile_workers()` threads."""
+    with TileWorkers(tile_workers()) as workers:
+        for layer in layers:
+            spatial = layer.spatial_aggregation
+            spatial_aggregation(spatial, cost_embedding, appearance_guidance, out=cost_embedding, workers=workers)
+            classes = layer.class_aggregation
+            class_aggregation(classes, cost_embedding, text_guidance, pooling_size, out=cost_embedding, workers=workers)
     return cost_embedding
 
 
@@ -278,9 +424,10 @@ def decoder_classes_per_chunk(cost_embedding: torch.Tensor, class_chunk_size: in
 def inference_image_features(
     image_features: Callable[[torch.Tensor], CATSegImageFeatures], pixel_values: torch.Tensor
 ) -> CATSegImageFeatures:
-    """`image_features` (the plain image side) one view of `pixel_values` `(N, 3, R, R)` at a time, the outputs
-    concatenated in dim 0."""
-    per_view = [image_features(pixel_values[index : index + 1]) for index in range(pixel_values.shape[0])]
+    """`image_features` (the plain image side) one view of `pixel_values` `(N, 3, R, R)` at a time (the views on
+    `tile_workers()` threads), the outputs concatenated in dim 0."""
+    views = [pixel_values[index : index + 1] for index in range(pixel_values.shape[0])]
+    per_view = map_tiles(image_features, views)
     merged = {}
     for name, first in per_view[0].items():
         parts = [features[name] for features in per_view]

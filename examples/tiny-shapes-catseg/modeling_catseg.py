@@ -22,6 +22,7 @@ from .catseg_kernels import (
     decoder_classes_per_chunk,
     inference_aggregation,
     inference_image_features,
+    map_tiles,
     use_inference_kernels,
 )
 from .configuration_catseg import CATSegConfig
@@ -560,13 +561,19 @@ class CATSegAggregator(nn.Module):
         stages = zip(self.decoder_stages, self.decoder_guidance_projections, decoder_guidance)
         guidance_terms = [stage.guidance_term(projection(guidance)) for stage, projection, guidance in stages]
         batch, num_classes = cost_embedding.shape[:2]
-        logits = []
-        for chunk in _chunk_slices(num_classes, classes_per_chunk):
+
+        def decode_chunk(chunk: slice) -> torch.Tensor:
             features = cost_embedding[:, chunk].permute(0, 1, 4, 2, 3)
             for stage, guidance_term in zip(self.decoder_stages, guidance_terms):
                 features = stage(features, guidance_term)
             chunk_logits = self.head(features.flatten(0, 1))
-            logits.append(chunk_logits.view(batch, features.shape[1], *features.shape[-2:]))
+            return chunk_logits.view(batch, features.shape[1], *features.shape[-2:])
+
+        chunks = _chunk_slices(num_classes, classes_per_chunk)
+        if use_inference_kernels(cost_embedding):
+            logits = map_tiles(decode_chunk, chunks)  # the chunks on the inference kernels' tile threads
+        else:
+            logits = [decode_chunk(chunk) for chunk in chunks]
         return logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)
 
     def forward(

@@ -74,19 +74,25 @@ PRESETS = {
 MODEL_VOCABULARY = "The model's own vocabulary"
 
 # The shipped examples (synthetic scenes of catseg_hf.data.render_scene, which the tiny example model knows): the image
-# file and the class names typed with it.
+# file and the class names typed with it. The last one shows only held-out combinations, which the tiny model never
+# segmented in training (render_scene(15, 160, combos=HELDOUT_COMBOS, min_shapes=2, max_shapes=2)).
 EXAMPLES = (
     ("red-circle-green-triangle.png", ("background", "red circle", "green triangle", "blue square")),
     ("red-square-blue-cross.png", ("background", "red square", "blue cross", "yellow circle")),
     ("blue-triangle-yellow-circle.png", ("background", "blue triangle", "yellow circle", "green cross")),
+    ("red-triangle-green-cross.png", ("background", "red triangle", "green cross", "red circle", "green square")),
 )
+UNSEEN_EXAMPLE = "red-triangle-green-cross.png"
 
 MODES = (("sliding window (the paper's protocol)", "sliding"), ("whole image (faster)", "whole"))
 
 EXAMPLE_MODEL_NOTE = (
-    "This is **tiny-shapes-catseg**, the tiny example model of catseg-hf (1 M parameters, trained from scratch on "
-    "synthetic coloured shapes, so that the demo works offline). It only knows the shapes of the examples below "
-    "(`background` and colour + shape names such as `red circle`) and is useless on real photos: real images need "
+    "This is **tiny-shapes-catseg**, the tiny example model of catseg-hf (1 M parameters, trained on a CPU on "
+    "synthetic coloured shapes, so that the demo works offline), a miniature of CAT-Seg's setting: its tiny CLIP "
+    "saw captions of all 16 colour/shape combinations, CAT-Seg was trained to segment 12 of them, and it segments "
+    "the other 4 (red triangle, green cross, blue circle, yellow square) from their names alone, though far less "
+    "reliably than the seen ones (see its model card); the last example shows two of them. It only knows "
+    "`background` and colour + shape names such as `red circle` and is useless on real photos: real images need "
     "the converted official CAT-Seg weights (`catseg-hf demo --model catseg-base`, see the README)."
 )
 
@@ -520,7 +526,10 @@ def build_demo(
             fn=demo.run,
             run_on_click=True,
             cache_examples=False,
-            example_labels=[", ".join(names[1:3]) for _, names in EXAMPLES],
+            example_labels=[
+                ("never segmented in training: " if file == UNSEEN_EXAMPLE else "") + ", ".join(names[1:3])
+                for file, names in EXAMPLES
+            ],
             label="Examples (synthetic shapes; click one to run it)",
             elem_id="examples",
         )
@@ -562,6 +571,7 @@ __all__ = [
     "DemoInputError",
     "DemoResult",
     "EXAMPLES",
+    "UNSEEN_EXAMPLE",
     "MAX_CLASSES",
     "MAX_IMAGE_PIXELS",
     "PRESETS",
