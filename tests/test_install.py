@@ -81,7 +81,7 @@ def test_non_editable_install_runs_from_anywhere(tmp_path):
     for key in ("package", "cli", "class_names_dir"):
         assert Path(found[key]).is_relative_to(site_packages), (key, found[key])
     assert found["a847"] == 847 and found["a150_bed"]
-    assert len(found["examples"]) == 3 and not found["gradio_imported"]
+    assert len(found["examples"]) == 4 and not found["gradio_imported"]
 
     # The command, on the tiny example model of the checkout, writing into the current directory.
     render_scene(3, size=96)[0].save(elsewhere / "shapes.png")
