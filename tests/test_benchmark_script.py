@@ -8,7 +8,6 @@ in this process through the script's own `run_case`.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from catseg_hf.testing_utils import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "benchmark.py"
@@ -27,10 +28,7 @@ MEASUREMENT_FIELDS = (
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("catseg_benchmark_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "catseg_benchmark_script")
 
 
 def run_script(args: list[str], shared_path: Path) -> subprocess.CompletedProcess:

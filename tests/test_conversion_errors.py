@@ -5,7 +5,6 @@ never changes an input or an existing folder; no pickled payload ever runs."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import pickle
@@ -25,6 +24,7 @@ from catseg_hf.conversion import (
     convert_official_checkpoint,
     load_official_state_dict,
 )
+from catseg_hf.testing_utils import load_script
 
 from .conftest import REPO_ROOT
 
@@ -44,10 +44,7 @@ def official_config(official_tiny_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("convert_official_checkpoint_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "convert_official_checkpoint_script")
 
 
 @pytest.fixture

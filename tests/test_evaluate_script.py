@@ -9,7 +9,6 @@ StreamingMeanIoU. The script must give exactly the same counts.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -26,7 +25,7 @@ from catseg_hf import CATSegForSemanticSegmentation, CATSegProcessor
 from catseg_hf.data.transforms import resize_shortest_edge
 from catseg_hf.evaluation import StreamingMeanIoU, get_benchmark, load_class_names
 from catseg_hf.evaluation.runner import load_benchmark_data, prepare_label, resolve_data_source
-from catseg_hf.testing_utils import save_tiny_model_folder
+from catseg_hf.testing_utils import load_script, save_tiny_model_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "evaluate.py"
@@ -227,10 +226,7 @@ def test_parquet_source_end_to_end(model_dir, voc_parquet, shared_path, expected
 
 
 def _load_script_module():
-    spec = importlib.util.spec_from_file_location("catseg_evaluate_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "catseg_evaluate_script")
 
 
 def test_missing_data_folder_is_one_clear_line(tmp_path, capsys) -> None:

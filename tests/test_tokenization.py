@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from catseg_hf.tokenization import (
     clip_byte_symbols,
     load_clip_bpe_merges,
 )
+from catseg_hf.testing_utils import load_script
 
 SOT, EOT = 49406, 49407
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -112,9 +112,7 @@ def test_bad_bpe_files(tmp_path: Path) -> None:
 
 def test_build_script(bpe_path: Path, tmp_path: Path, capsys) -> None:
     script = REPO_ROOT / "scripts" / "build_clip_tokenizer.py"
-    spec = importlib.util.spec_from_file_location("build_clip_tokenizer", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(script, "build_clip_tokenizer")
     out_dir = tmp_path / "tok"
     assert module.main(["--bpe", str(bpe_path), "--output", str(out_dir)]) == 0
     assert "49408" in capsys.readouterr().out

@@ -84,3 +84,14 @@ def save_tiny_model_folder(
     model.save_pretrained(folder)
     CATSegProcessor.from_model_config(model.config, bpe_path, **processor_kwargs).save_pretrained(folder)
     return Path(folder)
+
+
+def load_script(path: str | Path, module_name: str) -> Any:
+    """Imports a command-line script of the repository (`scripts/*.py`, not a package module) as a module, so that
+    tests can call its functions; its `main` does not run."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
