@@ -332,13 +332,28 @@ def reference_shifted_window_mask(height, width, window, shift):
     cols = torch.arange(width).view(1, -1).expand(height, width)
     side = (rows >= height - shift).float() * 2 + (cols >= width - shift).float()
     windows = window_partition(side[None, :, :, None], (window, window)).flatten(1)  # (num_windows, tokens)
-    return torch.where(windows[:, :, None] == windows[:, None, :], 0.0, -100.0)
+    return torch.where(windows[:, :, None] == windows[:, None, :], 0.0, float("-inf"))
 
 
 @pytest.mark.parametrize("height, width, window, shift", [(4, 4, 2, 1), (8, 12, 4, 2), (24, 24, 12, 6)])
 def test_shifted_window_mask_keeps_attention_on_one_side_of_the_seam(height, width, window, shift):
     mask = shifted_window_attention_mask(height, width, window, shift, torch.device("cpu"))
     assert torch.equal(mask, reference_shifted_window_mask(height, width, window, shift))
+
+
+def test_minus_inf_window_mask_attends_as_the_references_minus_100():
+    # The reference adds -100 across regions; -inf (no denormal weights in the backward) gives the same attention
+    # and the same gradients.
+    torch.manual_seed(0)
+    mask = shifted_window_attention_mask(24, 24, 12, 6, torch.device("cpu"))
+    query, key, value = (torch.randn(2 * 4, 4, 144, 32, requires_grad=True) for _ in range(3))
+    grad_output = torch.randn(2 * 4, 4, 144, 32)
+    results = []
+    for bias in (mask, torch.where(torch.isinf(mask), -100.0, 0.0)):
+        output = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.repeat(2, 1, 1).unsqueeze(1))
+        results.append((output, *torch.autograd.grad(output, (query, key, value), grad_output)))
+    for ours, reference in zip(*results):
+        torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
 
 
 def test_cost_volume_is_cosine_similarity():
