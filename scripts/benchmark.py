@@ -264,6 +264,8 @@ def build_step(args, model, processor, names):
 
     # Training step: official CLIP fine-tuning policy, parameter groups and AdamW, as CATSegTrainer builds them.
     from catseg_hf.data.collator import CATSegTrainingCollator
+    from transformers import Trainer, TrainingArguments
+
     from catseg_hf.training.optim import apply_clip_finetune_policy, build_optimizer
 
     model.config.clip_finetune = "attention"
@@ -273,9 +275,13 @@ def build_step(args, model, processor, names):
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
     model.train()
-    optimizer = build_optimizer(
-        model, torch.optim.AdamW, {"lr": LEARNING_RATE, "betas": (0.9, 0.999), "eps": 1e-8}, weight_decay=WEIGHT_DECAY
+    # The optimizer class and its arguments as the Trainer gets them from `optim` (CATSegTrainer.create_optimizer).
+    training_args = TrainingArguments(
+        output_dir=os.path.join(tempfile.gettempdir(), "catseg-benchmark-unused"), optim=args.optim, learning_rate=LEARNING_RATE,
+        weight_decay=WEIGHT_DECAY, report_to=[],
     )
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
+    optimizer = build_optimizer(model, optimizer_cls, optimizer_kwargs, weight_decay=WEIGHT_DECAY)
     crop = model.config.clip_resolution if args.quick else TRAIN_CROP
     examples = []
     for _ in range(TRAIN_BATCH):
@@ -367,6 +373,7 @@ def run_case(args: argparse.Namespace) -> dict:
         "kind": kind,
         "num_classes": len(names),
         "dtype": args.dtype,
+        "optim": args.optim,
         "threads": args.threads,
         "runs": args.runs,
         "median_s": statistics.median(times),
@@ -452,7 +459,7 @@ class BackgroundLoad:
 def run_in_subprocess(args: argparse.Namespace, case: str) -> tuple[dict | None, float, str]:
     command = [
         sys.executable, __file__, "--model", args.model, "--case", case, "--runs", str(args.runs),
-        "--threads", str(args.threads), "--dtype", args.dtype,
+        "--threads", str(args.threads), "--dtype", args.dtype, "--optim", args.optim,
     ]
     if args.flops:
         command.append("--flops")
@@ -532,6 +539,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, help="timed runs per case (default 5, 1 with --quick)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument(
+        "--optim", choices=["adamw_torch_fused", "adamw_torch"], default="adamw_torch_fused",
+        help="the training cases' optimizer, as TrainingArguments.optim (default: %(default)s, the recipes' choice; "
+        "adamw_torch: the per-parameter loop, the recipes' choice before)",
+    )
     parser.add_argument("--flops", action="store_true", help="FLOPs and GFLOP/s per part (inference cases)")
     parser.add_argument("--background-load", type=int, default=0, metavar="N", help="also time with N busy loops")
     parser.add_argument("--background-deadline", type=float, metavar="S", help="busy loops end by themselves after S s")

@@ -389,6 +389,23 @@ def test_loss_counts_ignored_pixels_as_background():
     torch.testing.assert_close(outputs.loss, expected)
 
 
+def test_loss_and_its_gradient_equal_binary_cross_entropy_against_one_hot_targets():
+    model = make_model()
+    torch.manual_seed(0)
+    logits = (torch.randn(2, 5, 12, 10) * 8).requires_grad_()  # large logits: softplus's linear range too
+    labels = torch.randint(0, 5, (2, 45, 41))
+    labels[0, :7] = 255
+    labels[1, 3:9, :4] = -1
+    loss = model.compute_loss(logits, labels)
+    (gradient,) = torch.autograd.grad(loss, logits)
+    resized = F.interpolate(logits, size=(45, 41), mode="bilinear", align_corners=False)
+    targets = torch.stack([(labels == c) for c in range(5)], dim=1).float()
+    expected = F.binary_cross_entropy_with_logits(resized, targets)
+    (expected_gradient,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(gradient, expected_gradient, rtol=1e-5, atol=1e-9)
+
+
 @pytest.mark.parametrize("mode", ["attention", "frozen", "full"])
 def test_clip_finetune_modes(mode):
     model = make_model()

@@ -339,6 +339,26 @@ def test_official_recipes_hold_the_official_numbers():
             0.01, 0.01, "cosine", 0)
         assert (data_args.crop_size, data_args.min_size_train, data_args.dataset_layout) == (384, [384], "coco_stuff")
         assert model_args.clip_finetune in (None, "attention")
+        assert args.optim.value == "adamw_torch_fused"
+
+
+def test_fused_adamw_of_the_recipes_updates_as_the_per_parameter_loop(tmp_path):
+    # The recipes' adamw_torch_fused is the same AdamW update over the official groups as adamw_torch.
+    models = [tiny_model(), tiny_model()]
+    models[1].load_state_dict(models[0].state_dict())
+    torch.manual_seed(0)
+    gradients = {name: torch.randn_like(p) for name, p in models[0].named_parameters() if p.requires_grad}
+    for model, optim in zip(models, ("adamw_torch", "adamw_torch_fused")):
+        trainer = CATSegTrainer(model=model, args=training_args(tmp_path / optim, learning_rate=2e-4, optim=optim))
+        optimizer = trainer.create_optimizer()
+        assert bool(optimizer.defaults.get("fused")) == (optim == "adamw_torch_fused")
+        for _ in range(3):
+            for name, p in model.named_parameters():
+                if name in gradients:
+                    p.grad = gradients[name].clone()
+            optimizer.step()
+    for (name, loop), fused in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(fused, loop, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_command_line_overrides_the_recipe():

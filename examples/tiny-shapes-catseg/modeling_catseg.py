@@ -29,8 +29,12 @@ from .configuration_catseg import CATSegConfig
 
 # Value the reference gives to classes dropped by the top-k class selection; sigmoid(-100) is exactly 0 in float32.
 DROPPED_CLASS_LOGIT = -100.0
-# Additive attention bias between tokens of different regions in a shifted Swin window (the Swin convention).
-SHIFTED_WINDOW_MASK_VALUE = -100.0
+# Additive attention bias between tokens of different regions in a shifted Swin window. The reference (the Swin
+# convention) adds -100: after softmax's max subtraction those weights are at most exp(-100 + gap), which vanish next
+# to the row's largest weight (1) in float32 unless a cross-region logit exceeds every in-region one by more than ~80,
+# so -inf gives the same attention. -100 would also leave denormal weights (~1e-44), which make the CPU attention
+# backward about 5x slower.
+SHIFTED_WINDOW_MASK_VALUE = float("-inf")
 
 
 @dataclass
@@ -126,11 +130,13 @@ CATSegOutput = CATSegSemanticSegmenterOutput
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _chunk_slices(length: int, chunk_size: int) -> list[slice]:
-    """Slices that cut `range(length)` into chunks of `chunk_size`; `chunk_size <= 0` means one chunk."""
-    if chunk_size <= 0 or chunk_size >= length:
-        return [slice(0, length)]
-    return [slice(start, min(start + chunk_size, length)) for start in range(0, length, chunk_size)]
+def _class_chunks(tensor: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, ...]:
+    """`tensor` `(B, T, ...)` cut into views of `chunk_size` classes (dim 1); `chunk_size <= 0` means one chunk."""
+    # `split`, not slicing: its backward concatenates the chunks' gradients once, where every slice's backward would
+    # allocate (and zero) a gradient of the whole tensor.
+    if chunk_size <= 0 or chunk_size >= tensor.shape[1]:
+        return (tensor,)
+    return tensor.split(chunk_size, dim=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -287,8 +293,7 @@ class CATSegSpatialAggregation(nn.Module):
         chunks = []
         # Classes never interact here: chunks of `config.class_chunk_size` classes bound the memory of the attention
         # and MLP intermediates.
-        for chunk in _chunk_slices(cost_embedding.shape[1], self.class_chunk_size):
-            hidden = cost_embedding[:, chunk]
+        for hidden in _class_chunks(cost_embedding, self.class_chunk_size):
             for block in self.blocks:
                 hidden = block(hidden, guidance)
             chunks.append(hidden)
@@ -475,9 +480,10 @@ class CATSegUpsampleStage(nn.Module):
         )
 
     def guidance_term(self, guidance: torch.Tensor) -> torch.Tensor:
-        """The guidance part of the first convolution, `(B, 1, out, 2H, 2W)`, from guidance `(B, G, 2H, 2W)`."""
+        """The guidance part of the first convolution, channels last: `(B, 1, 2H, 2W, out)`, from guidance
+        `(B, G, 2H, 2W)`."""
         term = F.conv2d(guidance, self.convs[0].weight[:, self.feature_channels :], padding=1)
-        return term.contiguous(memory_format=torch.channels_last).unsqueeze(1)
+        return term.permute(0, 2, 3, 1).contiguous().unsqueeze(1)
 
     def forward(self, features: torch.Tensor, guidance_term: torch.Tensor) -> torch.Tensor:
         """`features` `(B, T, C, H, W)` -> `(B, T, out, 2H, 2W)`."""
@@ -486,8 +492,10 @@ class CATSegUpsampleStage(nn.Module):
         batch, num_classes = features.shape[:2]
         upsampled = self.upsample(features.flatten(0, 1).contiguous(memory_format=torch.channels_last))
         hidden = F.conv2d(upsampled, self.convs[0].weight[:, : self.feature_channels], padding=1)
-        hidden = (hidden.view(batch, num_classes, *hidden.shape[1:]) + guidance_term).flatten(0, 1)
-        hidden = self.convs[1:](hidden)
+        # The guidance term is added over (B, T, 2H, 2W, out) views, the memory order: the gradient of the term (a
+        # sum over the classes) is then a fast reduction over contiguous memory.
+        hidden = hidden.permute(0, 2, 3, 1).unflatten(0, (batch, num_classes)) + guidance_term
+        hidden = self.convs[1:](hidden.flatten(0, 1).permute(0, 3, 1, 2))
         return hidden.view(batch, num_classes, *hidden.shape[1:])
 
 
@@ -560,16 +568,16 @@ class CATSegAggregator(nn.Module):
             classes_per_chunk = decoder_classes_per_chunk(cost_embedding, self.config.class_chunk_size)
         stages = zip(self.decoder_stages, self.decoder_guidance_projections, decoder_guidance)
         guidance_terms = [stage.guidance_term(projection(guidance)) for stage, projection, guidance in stages]
-        batch, num_classes = cost_embedding.shape[:2]
+        batch = cost_embedding.shape[0]
 
-        def decode_chunk(chunk: slice) -> torch.Tensor:
-            features = cost_embedding[:, chunk].permute(0, 1, 4, 2, 3)
+        def decode_chunk(chunk: torch.Tensor) -> torch.Tensor:
+            features = chunk.permute(0, 1, 4, 2, 3)
             for stage, guidance_term in zip(self.decoder_stages, guidance_terms):
                 features = stage(features, guidance_term)
             chunk_logits = self.head(features.flatten(0, 1))
             return chunk_logits.view(batch, features.shape[1], *features.shape[-2:])
 
-        chunks = _chunk_slices(num_classes, classes_per_chunk)
+        chunks = _class_chunks(cost_embedding, classes_per_chunk)
         if use_inference_kernels(cost_embedding):
             logits = map_tiles(decode_chunk, chunks)  # the chunks on the inference kernels' tile threads
         else:
@@ -956,9 +964,11 @@ class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
         # `ignore_index` pixels are background whatever the number of classes (with more than 255 classes, 255 is
         # also a class id; the reference still ignores it).
         valid = (labels >= 0) & (labels < num_classes) & (labels != self.config.ignore_index)
-        targets = F.one_hot(torch.where(valid, labels, 0), num_classes).permute(0, 3, 1, 2)
-        targets = targets.to(logits.dtype) * valid.unsqueeze(1).to(logits.dtype)
-        return F.binary_cross_entropy_with_logits(logits, targets)
+        # With one-hot targets y, the binary cross-entropy -[y log s(x) + (1 - y) log(1 - s(x))] is
+        # softplus(x) - y x: softplus summed over every logit, minus each labelled pixel's logit of its class. The
+        # same value as `binary_cross_entropy_with_logits` against the one-hot tensor, without building it.
+        labelled_logits = logits.gather(1, torch.where(valid, labels, 0).unsqueeze(1)).squeeze(1)
+        return (F.softplus(logits).sum() - labelled_logits[valid].sum()) / logits.numel()
 
     # ------------------------------------------------------------------------------------------------ forward
     @property

@@ -88,7 +88,7 @@ class CATSegTrainer(Trainer):
         if any(key in optimizer_kwargs for key in ("params", "model", "optimizer_dict")):
             raise ValueError(
                 f"optim={self.args.optim!r} builds its own parameter groups, which would replace CAT-Seg's; use an "
-                "optimizer that takes parameter groups (e.g. adamw_torch, the official AdamW)."
+                "optimizer that takes parameter groups (e.g. adamw_torch_fused or adamw_torch, the official AdamW)."
             )
         self.optimizer = build_optimizer(
             opt_model,
