@@ -1025,3 +1025,124 @@ def test_tile_threads_only_where_they_see_all_work(monkeypatch):
     assert catseg_kernels.tile_size(54, 144, workers=2) == math.ceil(144 / (2 * minimum))
     assert catseg_kernels.tile_size(54, 144, workers=2, other_tiles=8) == 54
     assert catseg_kernels.tile_size(0, 3, workers=4) == 1
+
+
+# ------------------------------------------------------------------------------------------------ training views on threads
+
+
+def _training_gradients(model, threads, num_classes=5, pad_len=None, checkpointing=None):
+    torch.manual_seed(3)
+    pixel_values, input_ids = random_inputs(model, batch=3, num_classes=num_classes)
+    labels = torch.randint(0, num_classes, (3, 20, 20))
+    labels[0, :4] = 255
+    model.train()
+    if checkpointing is not None:
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    model.zero_grad(set_to_none=True)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        outputs = model(pixel_values=pixel_values, input_ids=input_ids, labels=labels)
+        outputs.loss.backward()
+    finally:
+        torch.set_num_threads(previous)
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return outputs, grads
+
+
+@pytest.mark.parametrize("num_classes, pad_len", [(5, None), (7, 4)])
+def test_training_views_on_threads_give_the_plain_loss_and_gradients(num_classes, pad_len, monkeypatch):
+    # With more than one torch thread, a training forward runs the aggregator's views on tile threads (forward and
+    # backward); one thread is the plain loop. Same loss, same logits, same gradient for every parameter.
+    overrides = {"class_chunk_size": 2} if pad_len is None else {"class_chunk_size": 2, "pad_len": pad_len}
+    model = make_model(**overrides)
+    assert catseg_kernels.use_view_threads(torch.zeros(1), 3) == (torch.get_num_threads() > 1)
+    calls = []
+    views_on_threads = modeling_catseg.views_on_threads
+    monkeypatch.setattr(modeling_catseg, "views_on_threads", lambda *args: calls.append(1) or views_on_threads(*args))
+    plain_outputs, plain = _training_gradients(model, threads=1, num_classes=num_classes)
+    assert not calls
+    threaded_outputs, threaded = _training_gradients(model, threads=2, num_classes=num_classes)
+    assert calls == [1]
+    torch.testing.assert_close(threaded_outputs.loss, plain_outputs.loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(threaded_outputs.logits, plain_outputs.logits, atol=1e-5, rtol=0)
+    if pad_len is not None:
+        assert torch.equal(threaded_outputs.selected_classes, plain_outputs.selected_classes)
+    assert threaded.keys() == plain.keys() and any(name.startswith("aggregator.") for name in plain)
+    assert any(name.startswith("clip.") for name in plain)
+    for name in plain:
+        torch.testing.assert_close(threaded[name], plain[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_training_views_on_threads_accumulate_each_parameter_gradient_once():
+    # Hooks on the parameters' gradient accumulation (as DistributedDataParallel's) fire once per parameter and step.
+    model = make_model(class_chunk_size=2)
+    counts = {}
+    handles = [
+        p.register_post_accumulate_grad_hook(lambda p, name=name: counts.__setitem__(name, counts.get(name, 0) + 1))
+        for name, p in model.named_parameters() if name.startswith("aggregator.")
+    ]
+    try:
+        _training_gradients(model, threads=2)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert counts and set(counts.values()) == {1}
+
+
+def test_views_on_threads_raise_a_views_error_and_match_the_loop():
+    weight = torch.randn(4, 4, requires_grad=True)
+    views = [(torch.randn(3, 4, requires_grad=True),) for _ in range(3)]
+
+    def function(x):
+        return ((x @ weight).tanh(),)
+
+    with torch.enable_grad():
+        previous = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            outputs = catseg_kernels.views_on_threads(function, views, [weight])
+            sum(o[0].sum() for o in outputs).backward()
+            threaded = [weight.grad.clone()] + [v[0].grad.clone() for v in views]
+
+            def failing(x):
+                raise RuntimeError("view failed")
+
+            with pytest.raises(RuntimeError, match="view failed"):
+                catseg_kernels.views_on_threads(failing, views, [weight])
+        finally:
+            torch.set_num_threads(previous)
+    for tensor in (weight, *(v[0] for v in views)):
+        tensor.grad = None
+    sum(function(v[0])[0].sum() for v in views).backward()
+    for ours, expected in zip(threaded, [weight.grad] + [v[0].grad for v in views]):
+        torch.testing.assert_close(ours, expected)
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_checkpointed_training_keeps_the_plain_view_loop_and_checkpoints_the_decoder(use_reentrant, monkeypatch):
+    model = make_model(class_chunk_size=2)
+    plain_outputs, plain = _training_gradients(model, threads=1)
+    calls = []
+    monkeypatch.setattr(modeling_catseg, "views_on_threads", lambda *args: calls.append(1))
+    checkpointed = []
+    original = model.aggregator.decode
+    outputs, grads = None, None
+
+    def counting_decode(*args, **kwargs):
+        checkpoint = model.aggregator._gradient_checkpointing_func
+        model.aggregator._gradient_checkpointing_func = lambda *a, **k: checkpointed.append(1) or checkpoint(*a, **k)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            model.aggregator._gradient_checkpointing_func = checkpoint
+
+    monkeypatch.setattr(model.aggregator, "decode", counting_decode)
+    outputs, grads = _training_gradients(model, threads=2, checkpointing={"use_reentrant": use_reentrant})
+    assert not calls and checkpointed and model.aggregator.gradient_checkpointing
+    torch.testing.assert_close(outputs.loss, plain_outputs.loss, atol=1e-6, rtol=1e-6)
+    for name in plain:
+        torch.testing.assert_close(grads[name], plain[name], atol=1e-6, rtol=1e-4, msg=name)

@@ -1,4 +1,5 @@
-"""Gradient-free CPU kernels of CAT-Seg: the blocks of `modeling_catseg`, reformulated for inference speed.
+"""CPU kernels of CAT-Seg: the blocks of `modeling_catseg`, reformulated for inference speed, and the training
+forward's views on threads.
 
 `modeling_catseg` writes every block as the paper's computation, and that is what training (autograd) and
 accelerators run. Without gradients on CPU ([`use_inference_kernels`], asked by the aggregator and by
@@ -32,6 +33,12 @@ regions, every op split statically across the threads, would make every op wait 
 shared machine is the one whose core is busy with other work (and its partner busy-waits meanwhile); see
 `docs/performance-notes.md`. The tiles write disjoint slices of their outputs, and each reads only its own slice of a
 buffer it updates, so the order in which they run does not matter.
+
+**Training views on threads.** With gradients on CPU and more than one torch thread, the aggregator's views (the
+images of a training batch) run on the same tile threads, in the forward and in the backward ([`views_on_threads`]):
+each view's graph is recorded and differentiated in its thread, and the parameters' gradients are summed over the
+views and handed to the caller's backward, which accumulates each parameter's gradient once. The model takes this
+path in one place (`CATSegForSemanticSegmentation.aggregate`, [`use_view_threads`]), not with checkpointed layers.
 """
 
 from __future__ import annotations
@@ -433,3 +440,100 @@ def inference_image_features(
         parts = [features[name] for features in per_view]
         merged[name] = tuple(map(torch.cat, zip(*parts))) if isinstance(first, tuple) else torch.cat(parts)
     return type(per_view[0])(**merged)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training: independent views on the tile threads, forward and backward
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def use_view_threads(tensor: torch.Tensor, num_views: int) -> bool:
+    """Whether the model runs the aggregator's views on tile threads with gradients ([`views_on_threads`]): on CPU,
+    with more than one view and more than one tile thread."""
+    return torch.is_grad_enabled() and tensor.device.type == "cpu" and num_views > 1 and tile_workers() > 1
+
+
+class _ViewsOnThreads(torch.autograd.Function):
+    """`function` on each view's tensors, the views on tile threads in the forward and in the backward.
+
+    Every view's graph is recorded in its thread (on detached copies of the view's inputs, with the real parameters
+    as leaves) and differentiated in its thread by `torch.autograd.grad`, which returns the parameters' gradients
+    instead of accumulating them; they are summed over the views and returned for the parameters, which are inputs
+    of this function, so the caller's backward accumulates each parameter's gradient once (as hooks, e.g.
+    DistributedDataParallel's, expect)."""
+
+    @staticmethod
+    def forward(ctx, plan, *tensors):
+        function, num_parameters, num_views = plan
+        parameters, view_tensors = tensors[:num_parameters], tensors[num_parameters:]
+        per_view = len(view_tensors) // num_views
+        inputs = [
+            [t.detach().requires_grad_(t.requires_grad) for t in view_tensors[i * per_view : (i + 1) * per_view]]
+            for i in range(num_views)
+        ]
+
+        def record(view_inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+            with torch.enable_grad():
+                return tuple(function(*view_inputs))
+
+        with TileWorkers(tile_workers()) as workers:
+            outputs = workers.map(record, inputs)
+        ctx.parameters, ctx.inputs, ctx.outputs = parameters, inputs, outputs
+        results = tuple(output.detach() for view_outputs in outputs for output in view_outputs)
+        ctx.mark_non_differentiable(*(r for r in results if not r.is_floating_point()))
+        ctx.outputs_per_view = len(outputs[0])
+        return results
+
+    @staticmethod
+    def backward(ctx, *grads):
+        parameters, inputs, outputs = ctx.parameters, ctx.inputs, ctx.outputs
+        trainable = [p for p in parameters if p.requires_grad]
+        per_view = ctx.outputs_per_view
+
+        def differentiate(view: int) -> tuple[torch.Tensor | None, ...]:
+            pairs = [
+                (output, grad)
+                for output, grad in zip(outputs[view], grads[view * per_view : (view + 1) * per_view])
+                if output.requires_grad and grad is not None
+            ]
+            sources = [t for t in inputs[view] if t.requires_grad] + trainable
+            if not pairs:
+                return (None,) * len(sources)
+            return torch.autograd.grad(
+                [output for output, _ in pairs], sources, [grad for _, grad in pairs], allow_unused=True
+            )
+
+        with TileWorkers(tile_workers()) as workers:
+            per_view_grads = workers.map(differentiate, range(len(inputs)))
+        ctx.outputs = ctx.inputs = None  # the views' graphs are no longer needed
+
+        input_grads = []
+        for view, view_grads in enumerate(per_view_grads):
+            remaining = iter(view_grads)
+            input_grads += [next(remaining) if t.requires_grad else None for t in inputs[view]]
+        trainable_grads = []
+        for index in range(len(trainable)):
+            parts = [g[len(g) - len(trainable) + index] for g in per_view_grads]
+            parts = [part for part in parts if part is not None]
+            total = parts[0] if parts else None
+            for part in parts[1:]:
+                total = total + part
+            trainable_grads.append(total)
+        trainable_grads = iter(trainable_grads)
+        parameter_grads = [next(trainable_grads) if p.requires_grad else None for p in parameters]
+        return (None, *parameter_grads, *input_grads)
+
+
+def views_on_threads(
+    function: Callable[..., Sequence[torch.Tensor]],
+    views: Sequence[Sequence[torch.Tensor]],
+    parameters: Sequence[torch.Tensor],
+) -> list[tuple[torch.Tensor, ...]]:
+    """`[tuple(function(*view)) for view in views]` with gradients, the views on `tile_workers()` threads in the
+    forward and in the backward. `parameters` must hold every tensor that requires gradients which `function` uses
+    besides its arguments (a module's parameters); each view must give the same number of tensors and `function` the
+    same number of outputs. Integer outputs are not differentiable. No double backward."""
+    flat = [tensor for view in views for tensor in view]
+    results = _ViewsOnThreads.apply((function, len(parameters), len(views)), *parameters, *flat)
+    per_view = len(results) // len(views)
+    return [tuple(results[i * per_view : (i + 1) * per_view]) for i in range(len(views))]

@@ -24,6 +24,8 @@ from .catseg_kernels import (
     inference_image_features,
     map_tiles,
     use_inference_kernels,
+    use_view_threads,
+    views_on_threads,
 )
 from .configuration_catseg import CATSegConfig
 
@@ -546,6 +548,9 @@ class CATSegAggregator(nn.Module):
             )
         )
         self.head = nn.Conv2d(config.decoder_dims[-1], 1, kernel_size=3, padding=1)
+        # Set by `gradient_checkpointing_enable()` (with the aggregation layers): the decoder's class chunks are
+        # then checkpointed too, as their activations (every class at 4x the grid) dominate what remains.
+        self.gradient_checkpointing = False
 
     def select_classes(self, cost_volume: torch.Tensor) -> torch.Tensor:
         """Per view, the ids (ascending) of the `pad_len` classes whose highest cost over templates and pixels is the
@@ -570,7 +575,7 @@ class CATSegAggregator(nn.Module):
         guidance_terms = [stage.guidance_term(projection(guidance)) for stage, projection, guidance in stages]
         batch = cost_embedding.shape[0]
 
-        def decode_chunk(chunk: torch.Tensor) -> torch.Tensor:
+        def decode_chunk(chunk: torch.Tensor, *guidance_terms: torch.Tensor) -> torch.Tensor:
             features = chunk.permute(0, 1, 4, 2, 3)
             for stage, guidance_term in zip(self.decoder_stages, guidance_terms):
                 features = stage(features, guidance_term)
@@ -579,9 +584,12 @@ class CATSegAggregator(nn.Module):
 
         chunks = _class_chunks(cost_embedding, classes_per_chunk)
         if use_inference_kernels(cost_embedding):
-            logits = map_tiles(decode_chunk, chunks)  # the chunks on the inference kernels' tile threads
+            # The chunks on the inference kernels' tile threads.
+            logits = map_tiles(lambda chunk: decode_chunk(chunk, *guidance_terms), chunks)
+        elif self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            logits = [self._gradient_checkpointing_func(decode_chunk, chunk, *guidance_terms) for chunk in chunks]
         else:
-            logits = [decode_chunk(chunk) for chunk in chunks]
+            logits = [decode_chunk(chunk, *guidance_terms) for chunk in chunks]
         return logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)
 
     def forward(
@@ -931,18 +939,26 @@ class CATSegForSemanticSegmentation(CATSegPreTrainedModel):
         """The aggregator over all views, view by view when `config.class_chunk_size` asks for bounded memory (views
         are independent: each keeps its own top-k classes)."""
         step = 1 if self.config.class_chunk_size > 0 else cost_volume.shape[0]
-        logits, selected = [], []
-        for start in range(0, cost_volume.shape[0], step):
-            views = slice(start, start + step)
+        pieces = (image_features.image_embeddings, class_embeddings, *image_features.decoder_guidance, cost_volume)
+        views = list(zip(*(piece.split(step) for piece in pieces)))
+
+        def aggregate_views(image_embeddings, class_embeddings, *guidance_and_cost):
+            *decoder_guidance, cost_volume = guidance_and_cost
             view_logits, view_selected = self.aggregator(
-                image_features.image_embeddings[views],
-                class_embeddings[views],
-                [guidance[views] for guidance in image_features.decoder_guidance],
-                self.pooling_size,
-                cost_volume=cost_volume[views],
+                image_embeddings, class_embeddings, decoder_guidance, self.pooling_size, cost_volume=cost_volume
             )
-            logits.append(view_logits)
-            selected.append(view_selected)
+            return (view_logits,) if view_selected is None else (view_logits, view_selected)
+
+        # Checkpointed layers keep the plain loop: a reentrant checkpoint would accumulate parameter gradients itself.
+        checkpointing = any(layer.gradient_checkpointing for layer in self.aggregator.layers)
+        if use_view_threads(cost_volume, len(views)) and not checkpointing:
+            # The views on the tile threads, in the forward and in the backward (catseg_kernels.views_on_threads).
+            trainable = [p for p in self.aggregator.parameters() if p.requires_grad]
+            outputs = views_on_threads(aggregate_views, views, trainable)
+        else:
+            outputs = [aggregate_views(*view) for view in views]
+        logits = [view_outputs[0] for view_outputs in outputs]
+        selected = [view_outputs[1] if len(view_outputs) > 1 else None for view_outputs in outputs]
         if len(logits) == 1:
             return logits[0], selected[0]
         return torch.cat(logits), (torch.cat(selected) if selected[0] is not None else None)
