@@ -86,7 +86,8 @@ def test_training_cases(script, case, tmp_path, bpe_path):
 
     folder = save_tiny_model_folder(tmp_path / "tiny", bpe_path)
     args = argparse.Namespace(
-        model=str(folder), case=case, runs=1, threads=1, dtype="float32", flops=True, quick=True
+        model=str(folder), case=case, runs=1, threads=1, dtype="float32", flops=True, quick=True,
+        optim="adamw_torch_fused",
     )
     import torch
 
