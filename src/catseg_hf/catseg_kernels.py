@@ -507,20 +507,16 @@ class _ViewsOnThreads(torch.autograd.Function):
             per_view_grads = workers.map(differentiate, range(len(inputs)))
         ctx.outputs = ctx.inputs = None  # the views' graphs are no longer needed
 
-        input_grads = []
-        for view, view_grads in enumerate(per_view_grads):
-            remaining = iter(view_grads)
-            input_grads += [next(remaining) if t.requires_grad else None for t in inputs[view]]
-        trainable_grads = []
-        for index in range(len(trainable)):
-            parts = [g[len(g) - len(trainable) + index] for g in per_view_grads]
-            parts = [part for part in parts if part is not None]
-            total = parts[0] if parts else None
-            for part in parts[1:]:
-                total = total + part
-            trainable_grads.append(total)
-        trainable_grads = iter(trainable_grads)
-        parameter_grads = [next(trainable_grads) if p.requires_grad else None for p in parameters]
+        # Each view's gradients: those of its inputs that require them, then those of the trainable parameters.
+        input_grads, trainable_grads = [], [None] * len(trainable)
+        for view_inputs, view_grads in zip(inputs, per_view_grads):
+            own = iter(view_grads[: len(view_grads) - len(trainable)])
+            input_grads += [next(own) if t.requires_grad else None for t in view_inputs]
+            for index, grad in enumerate(view_grads[len(view_grads) - len(trainable) :]):
+                if grad is not None:
+                    trainable_grads[index] = grad if trainable_grads[index] is None else trainable_grads[index] + grad
+        summed = iter(trainable_grads)
+        parameter_grads = [next(summed) if p.requires_grad else None for p in parameters]
         return (None, *parameter_grads, *input_grads)
 
 
