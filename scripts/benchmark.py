@@ -38,6 +38,10 @@ Options:
   --threads N             torch threads of each case's process (default 2).
   --dtype                 float32 (default) or bfloat16 (`torch.autocast("cpu", dtype=torch.bfloat16)` around the
                           model calls; float32 weights).
+  --cpu-allocator         tuned (default): every case process starts under `catseg_hf.cpu_allocator`'s settings, the
+                          ones `scripts/train.py` restarts itself under (freed memory stays in the process for the
+                          next tensor, large tensors on transparent huge pages; variables already set are kept);
+                          default: the environment as it is. Each result records the settings its process ran with.
   --flops                 for the inference cases, count the FLOPs of one extra (untimed) run per part with
                           `torch.utils.flop_counter.FlopCounterMode` (it counts the aten ops that actually run, so the
                           tiled no-grad CPU kernels): CLIP text tower (text cases), CLIP vision tower, cost volume
@@ -314,6 +318,7 @@ def run_case(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     from catseg_hf import CATSegForSemanticSegmentation, CATSegProcessor
+    from catseg_hf.cpu_allocator import TUNED_ALLOCATOR_SETTINGS
 
     model = CATSegForSemanticSegmentation.from_pretrained(args.model).eval()
     processor = CATSegProcessor.from_pretrained(args.model)
@@ -385,6 +390,7 @@ def run_case(args: argparse.Namespace) -> dict:
         "major_faults": (after["majflt"] - before["majflt"]) / runs,
         "peak_rss_gb": peak_rss_bytes() / 2**30,
         "torch": torch.__version__,
+        "cpu_allocator": {name: os.environ.get(name) for name in TUNED_ALLOCATOR_SETTINGS},
     }
     if kind == "train":
         result.update(batch_size=TRAIN_BATCH, crop_size=model.config.clip_resolution if args.quick else TRAIN_CROP)
@@ -465,8 +471,13 @@ def run_in_subprocess(args: argparse.Namespace, case: str) -> tuple[dict | None,
         command.append("--flops")
     if args.quick:
         command.append("--quick")
+    environment = None
+    if args.cpu_allocator == "tuned":
+        from catseg_hf.cpu_allocator import tuned_allocator_environment
+
+        environment = tuned_allocator_environment()
     start = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True)
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment)
     elapsed = time.perf_counter() - start
     if completed.returncode != 0:
         return None, elapsed, completed.stderr[-3000:]
@@ -543,6 +554,11 @@ def main(argv: list[str] | None = None) -> int:
         "--optim", choices=["adamw_torch_fused", "adamw_torch"], default="adamw_torch_fused",
         help="the training cases' optimizer, as TrainingArguments.optim (default: %(default)s, the recipes' choice; "
         "adamw_torch: the per-parameter loop, the recipes' choice before)",
+    )
+    parser.add_argument(
+        "--cpu-allocator", choices=["tuned", "default"], default="tuned",
+        help="tuned (default): each case process starts under catseg_hf.cpu_allocator's settings, as scripts/train.py "
+        "does (freed memory reused, huge pages); default: the environment as it is",
     )
     parser.add_argument("--flops", action="store_true", help="FLOPs and GFLOP/s per part (inference cases)")
     parser.add_argument("--background-load", type=int, default=0, metavar="N", help="also time with N busy loops")

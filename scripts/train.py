@@ -76,6 +76,10 @@ def _finish_distributed() -> bool:
 
 
 if __name__ == "__main__":
+    # Before any work: the CPU allocator's settings are read at process start (catseg_hf.cpu_allocator).
+    from catseg_hf.cpu_allocator import reexec_with_tuned_allocator
+
+    reexec_with_tuned_allocator()
     status = main()
     if _finish_distributed():
         # Worker processes of a CPU (gloo) data-parallel run were seen to abort (SIGABRT) while the interpreter shut

@@ -15,6 +15,7 @@ import torch
 from transformers import TrainerCallback
 
 from catseg_hf import CATSegForSemanticSegmentation
+from catseg_hf.cpu_allocator import tuned_allocator_environment
 from catseg_hf.data import EvalTransform, add_transform, make_synthetic_dataset
 from catseg_hf.evaluation import StreamingMeanIoU
 from catseg_hf.testing_utils import tiny_catseg_config
@@ -417,6 +418,9 @@ def test_torchrun_two_cpu_processes_train_and_evaluate(shared_path, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    if tuned_allocator_environment(env) != env:
+        # Each worker restarted itself under the tuned CPU allocator (catseg_hf.cpu_allocator) and went on.
+        assert result.stderr.count("restarting with the tuned CPU allocator") == 2
     eval_results = json.loads((output_dir / "eval_results.json").read_text())
     assert 0.0 <= eval_results["eval_mean_iou"] <= 1.0
     train_state = json.loads((output_dir / "trainer_state.json").read_text())
