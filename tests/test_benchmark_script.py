@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from catseg_hf.cpu_allocator import TUNED_ALLOCATOR_SETTINGS, tuned_allocator_environment
 from catseg_hf.testing_utils import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,9 @@ def test_quick_end_to_end_with_flops_and_background_load(tmp_path, shared_path):
     assert load["cpu_s"][0] > 0
     assert loaded["slowdown_vs_quiet"] > 0
     assert not any(process_exists(pid) for pid in load["pids"])
+    # Each case process started under the tuned CPU allocator (the default of --cpu-allocator) and recorded it.
+    expected = tuned_allocator_environment(os.environ)
+    assert quiet["cpu_allocator"] == {name: expected.get(name) for name in TUNED_ALLOCATOR_SETTINGS}
     # The table shows both conditions and the per-part FLOPs.
     assert "loaded" in completed.stdout and "GFLOP/s" in completed.stdout and "minor flt" in completed.stdout
 
@@ -102,6 +106,27 @@ def test_training_cases(script, case, tmp_path, bpe_path):
     assert "flops" not in result  # FLOPs are counted for the inference path only
     for field in MEASUREMENT_FIELDS:
         assert result[field] >= 0
+
+
+@pytest.mark.parametrize("allocator", ["tuned", "default"])
+def test_case_process_environment_follows_cpu_allocator(script, monkeypatch, allocator):
+    started = {}
+
+    def fake_run(command, **kwargs):
+        started.update(kwargs)
+        return subprocess.CompletedProcess(command, 0, stdout='{"case": "whole150"}\n', stderr="")
+
+    monkeypatch.setattr(script.subprocess, "run", fake_run)
+    args = argparse.Namespace(
+        model="m", runs=1, threads=1, dtype="float32", optim="adamw_torch_fused", flops=False, quick=True,
+        cpu_allocator=allocator,
+    )
+    result, _, error = script.run_in_subprocess(args, "whole150")
+    assert result == {"case": "whole150"} and not error
+    if allocator == "default":
+        assert started["env"] is None  # this process's environment, as it is
+    else:
+        assert started["env"] == tuned_allocator_environment()
 
 
 def test_background_load_is_stopped_on_error(script):
