@@ -15,6 +15,9 @@ The same command runs on one device or many:
     accelerate launch --multi_gpu --num_processes 4 scripts/train.py recipes/catseg_base_coco_stuff.yaml \
         --per_device_train_batch_size 1
 
+On Linux the script first restarts itself once under the CPU allocator settings of `catseg_hf.cpu_allocator` (freed
+memory reused, huge pages: a faster training step on CPUs); `CATSEG_CPU_ALLOCATOR=default` skips that.
+
 The output folder is a `save_pretrained` model folder with the processor (tokenizer included) and the modelling code,
 loadable with `AutoModel.from_pretrained(folder)` (`trust_remote_code=True` where catseg_hf is not installed).
 """
