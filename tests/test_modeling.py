@@ -766,6 +766,32 @@ def test_each_kernel_equals_its_block(tiles, monkeypatch):
         close(aggregator.decode(cost_embedding, decoder_guidance), aggregator.decode(cost_embedding, decoder_guidance, 0))
 
 
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+@pytest.mark.parametrize("tokens_per_tile", [1, 7, catseg_kernels.MLP_TOKENS_PER_TILE])
+def test_residual_mlp_with_fused_products_equals_the_block(activation, tokens_per_tile, monkeypatch):
+    """The residual MLP's oneDNN products with bias and activation fused (float32 CPU) against the MLP as the blocks
+    run it, over tiles; under CPU autocast and in bfloat16 the kernel runs the layers as written."""
+    if not catseg_kernels.HAS_ONEDNN_LINEAR:
+        pytest.skip("this torch build has no oneDNN linear")
+    from timm.layers import Mlp
+
+    monkeypatch.setattr(catseg_kernels, "MLP_TOKENS_PER_TILE", tokens_per_tile)
+    torch.manual_seed(3)
+    mlp = Mlp(24, 96, act_layer=torch.nn.GELU if activation == "gelu" else torch.nn.ReLU)
+    norm = torch.nn.LayerNorm(24)
+    hidden = torch.randn(3, 17, 24) * 3
+    with torch.no_grad():
+        expected = hidden + mlp(norm(hidden))
+        assert catseg_kernels._onednn_activation(mlp, hidden) == (activation, "none" if activation == "gelu" else "")
+        torch.testing.assert_close(catseg_kernels.residual_mlp(hidden, norm, mlp), expected, atol=1e-5, rtol=1e-5)
+        # Paths the fused products do not cover: the layers as written.
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert catseg_kernels._onednn_activation(mlp, hidden) is None
+        assert catseg_kernels._onednn_activation(mlp.to(torch.bfloat16), hidden.bfloat16()) is None
+        tanh = Mlp(24, 96, act_layer=lambda: torch.nn.GELU(approximate="tanh"))
+        assert catseg_kernels._onednn_activation(tanh, hidden) is None
+
+
 def test_inference_kernels_run_without_gradients_on_cpu_only(monkeypatch):
     """The one switch between blocks and kernels: gradient-free CPU calls take the kernels, every other call the
     blocks."""
