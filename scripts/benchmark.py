@@ -221,6 +221,22 @@ class PartRecorder:
         self.counter = None
 
 
+def onednn_flop_formulas() -> dict:
+    """FlopCounterMode formulas for the oneDNN products the inference kernels call, which torch does not count:
+    `mkldnn._linear_pointwise` (a linear layer with bias and activation fused) costs its product's 2 M K N."""
+    import math
+
+    import torch
+
+    def linear_pointwise_flops(input_shape, weight_shape, *args, **kwargs) -> int:
+        return 2 * math.prod(input_shape[:-1]) * input_shape[-1] * weight_shape[0]
+
+    try:
+        return {torch.ops.mkldnn._linear_pointwise: linear_pointwise_flops}
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return {}
+
+
 def matmul_gflops(n: int) -> float:
     import torch
 
@@ -333,7 +349,7 @@ def run_case(args: argparse.Namespace) -> dict:
         from torch.utils.flop_counter import FlopCounterMode
 
         recorder = PartRecorder(model)
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=onednn_flop_formulas()) as counter:
             recorder.start(counter)
             step()
             recorder.stop()

@@ -152,3 +152,22 @@ def test_unknown_case_is_a_clear_error(shared_path):
     assert "unknown case(s) nonsense" in completed.stderr and "train171-checkpointing" in completed.stderr
     missing_model = run_script(["--cases", "whole150"], shared_path)
     assert missing_model.returncode == 2 and "--model is required" in missing_model.stderr
+
+
+def test_fused_mlp_products_are_counted_like_the_plain_layers(script):
+    """The kernels' oneDNN products (bias and activation fused) count as the two products of the MLP as written."""
+    import torch
+    from timm.layers import Mlp
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from catseg_hf import catseg_kernels
+
+    if not catseg_kernels.HAS_ONEDNN_LINEAR:
+        pytest.skip("this torch build has no oneDNN linear")
+    mlp, norm, hidden = Mlp(16, 64, act_layer=torch.nn.GELU), torch.nn.LayerNorm(16), torch.randn(2, 9, 16)
+    with torch.no_grad():
+        with FlopCounterMode(display=False, custom_mapping=script.onednn_flop_formulas()) as fused:
+            catseg_kernels.residual_mlp(hidden, norm, mlp)
+        with FlopCounterMode(display=False) as plain:
+            hidden + mlp(norm(hidden))
+    assert fused.get_total_flops() == plain.get_total_flops() == 2 * 2 * (2 * 9) * 16 * 64

@@ -138,9 +138,11 @@ def test_harmonic_mean():
 # ------------------------------------------------------------------------------------------------- the study
 def test_finetuning_study_runs_end_to_end_in_quick_mode(tmp_path, shared_path):
     output = tmp_path / "study.json"
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "reproduce_finetuning_study.py"), "--quick", "--jobs", "1",
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "reproduce_finetuning_study.py"), "--quick", "--jobs", "2",
                "--bpe", str(bpe_file(shared_path)), "--output", str(output), "--work-dir", str(tmp_path / "work")]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    # Two training processes at once, and without train.py's restart under the tuned allocator (tested on its own in
+    # tests/test_cpu_allocator.py): a smoke run whose time is process start-up.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CATSEG_CPU_ALLOCATOR="default")
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     study = json.loads(output.read_text())
