@@ -11,7 +11,7 @@ import torch
 
 from catseg_hf import CATSegProcessor
 
-from .test_conversion import assert_close_to_reference, pooling
+from .test_conversion import assert_close_to_reference, assert_logits_close, pooling
 
 # (image, mode, class-aggregation pooling, reference), where the fixture has that image.
 CASES = [
@@ -37,6 +37,14 @@ def test_end_to_end_probabilities_match_official(official, bpe_path, image, mode
     assert inputs["pixel_values"].shape[0] == 1  # dim 0 is the image, its views stay in its row
     with torch.no_grad(), pooling(model, pool):
         outputs = model(**inputs)
+    logits_key = f"{image}.sliding.logits96.pool{pool[0]}x{pool[1]}"
+    if mode == "sliding" and logits_key in io:
+        # The model's logits of the 5 views (4 tiles + global, in the image's row; the views themselves are checked
+        # against the official recipe in tests/test_image_processing.py) and each view's top-k selection.
+        assert outputs.logits.shape[:2] == (1, 5)
+        assert_logits_close(outputs.logits[0], io[logits_key], f"{official.name} sliding logits")
+        if f"{image}.sliding.topk_classes_sorted" in io:
+            assert torch.equal(outputs.selected_classes[0], io[f"{image}.sliding.topk_classes_sorted"])
     out_hw = tuple(io[f"{image}.out_hw"].tolist())
     image_hw = tuple(io[f"{image}.image"].shape[-2:])
     results = processor.post_process_semantic_segmentation(
