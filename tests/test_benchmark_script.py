@@ -70,7 +70,8 @@ def test_quick_end_to_end_with_flops_and_background_load(tmp_path, shared_path):
         assert {"clip_vision", "aggregator", "decoder"} <= set(flops["parts"])
         assert flops["parts"]["aggregator"]["gflop"] > 0 and flops["parts"]["decoder"]["gflop"] > 0
         assert flops["total_gflop"] == pytest.approx(sum(p["gflop"] for p in flops["parts"].values()))
-        assert flops["matmul_gflops_per_s"] > 0
+        assert flops["matmul_gflops_per_s"] == max(flops["matmul_probes_gflops_per_s"]) > 0
+        assert len(flops["matmul_probes_gflops_per_s"]) == 2  # before and after the timed runs
     load = loaded["background_load"]
     assert load["processes"] == 1 and len(load["pids"]) == 1
     assert load["alive_at_end"] == [True]  # the busy loop ran for the whole loaded case
