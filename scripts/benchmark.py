@@ -229,13 +229,12 @@ def onednn_flop_formulas() -> dict:
 
     import torch
 
+    from catseg_hf.catseg_kernels import HAS_ONEDNN_LINEAR
+
     def linear_pointwise_flops(input_shape, weight_shape, *args, **kwargs) -> int:
         return 2 * math.prod(input_shape[:-1]) * input_shape[-1] * weight_shape[0]
 
-    try:
-        return {torch.ops.mkldnn._linear_pointwise: linear_pointwise_flops}
-    except (AttributeError, RuntimeError):  # a torch build without oneDNN
-        return {}
+    return {torch.ops.mkldnn._linear_pointwise: linear_pointwise_flops} if HAS_ONEDNN_LINEAR else {}
 
 
 def matmul_gflops(n: int) -> float:
