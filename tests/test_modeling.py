@@ -792,6 +792,39 @@ def test_residual_mlp_with_fused_products_equals_the_block(activation, tokens_pe
         assert catseg_kernels._onednn_activation(tanh, hidden) is None
 
 
+@pytest.mark.parametrize("heads", [1, 4])
+@pytest.mark.parametrize("num_pixels, num_classes", [(1, 1), (5, 3), (7, 20)])
+@pytest.mark.parametrize("with_padding", [False, True])
+def test_pixel_major_class_attention_equals_the_attention(heads, num_pixels, num_classes, with_padding):
+    """The class aggregation kernel's linear attention on pixel-major tokens (batched products per head, the
+    normaliser as an extra key-value column) against `CATSegLinearAttention` on class-major tokens, plus the
+    residual; with and without the padding classes' summed contribution."""
+    from catseg_hf.modeling_catseg import CATSegLinearAttention
+
+    torch.manual_seed(heads * 100 + num_pixels * 10 + num_classes)
+    dim, guidance_dim = 8 * heads, 6
+    attention = CATSegLinearAttention(dim, guidance_dim, heads, eps=1e-6).eval()
+    normed = torch.randn(num_classes, num_pixels, dim)  # class-major, as the block takes it
+    residual = torch.randn(num_classes, num_pixels, dim)
+    guidance = torch.randn(num_classes, guidance_dim).relu()
+    padding = None
+    if with_padding:
+        _, key, value = attention.project(torch.randn(dim), torch.randn(guidance_dim))
+        padding = (torch.einsum("hd,he->hde", key, value) * 3, key * 3)
+    with torch.no_grad():
+        expected = residual + attention(normed[None], guidance[None], padding)[0]
+        weight, terms = catseg_kernels.fused_guided_projection(attention.query, attention.key, attention.value, guidance)
+        actual = catseg_kernels.linear_attention_tile(
+            attention,
+            normed.transpose(0, 1).contiguous(),
+            residual.transpose(0, 1).contiguous(),
+            weight[: 2 * dim],
+            terms[:, : 2 * dim],
+            padding,
+        )
+    torch.testing.assert_close(actual.transpose(0, 1), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_inference_kernels_run_without_gradients_on_cpu_only(monkeypatch):
     """The one switch between blocks and kernels: gradient-free CPU calls take the kernels, every other call the
     blocks."""

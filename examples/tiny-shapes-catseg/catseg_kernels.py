@@ -20,8 +20,12 @@ What is reformulated, against the blocks:
   aggregator holds) instead of allocating a new tensor per block.
 - **Windows by one gather.** A class map is put in (shifted-)window order by one `index_select` of precomputed token
   positions (the cyclic shift and the window partition at once), and back by the inverse permutation.
-- **Fused projections.** The token halves of query, key and value are one `(3 * dim, dim)` matrix product; their
-  guidance halves and biases are one precomputed term per image (Swin windows) or per class (class aggregation).
+- **Fused projections.** The token halves of query, key and value are one matrix product (in the class aggregation:
+  query and key, so that `elu + 1` acts on one block); their guidance halves and biases are one precomputed term per
+  image (Swin windows) or per class (class aggregation).
+- **Class attention pixel-major.** Class aggregation tiles are laid out (pixel, class, channel): per head, the sums
+  over classes and the queries' products are batched products over pixels, read in place; the normaliser is one more
+  key-value column.
 - **Fewer temporaries.** The attention's output projection is one `addmm`, residuals are added in place, and ReLU and
   the `elu + 1` feature map act on their inputs.
 - **Fused MLPs.** On CPU in float32 the residual MLPs' two products run through oneDNN with their bias and activation
@@ -368,19 +372,37 @@ def spatial_aggregation(
 def linear_attention_tile(
     attention: CATSegLinearAttention,
     normed: torch.Tensor,
+    residual: torch.Tensor,
     weight: torch.Tensor,
     terms: torch.Tensor,
     padding: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> torch.Tensor:
-    """`attention` on normalised tokens `(T, p, dim)` of one image at p pixels, with `weight` and that image's
-    `terms` `(T, 1, 3 * dim)` from `fused_guided_projection`. Returns `(T, p, dim)`."""
-    num_classes, num_pixels, dim = normed.shape
-    qkv = F.linear(normed, weight).add_(terms)
-    split = (1, num_classes, num_pixels, attention.num_heads, -1)
-    query_key = F.elu(qkv[..., : 2 * dim]).add_(1.0)
-    query, key = query_key[..., :dim].view(split), query_key[..., dim:].view(split)
-    value = qkv[..., 2 * dim :].reshape(split)
-    return attention.attend(query, key, value, padding)[0]
+    """`residual + attention(normed)` for pixel-major normalised tokens `(p, T, dim)` of one image and `residual` of
+    that shape, with the query and key parts of `fused_guided_projection`: `weight` `(2 * dim, dim)` and that image's
+    `terms` `(T, 2 * dim)`. Each head's keys, values and queries at a pixel are one strided matrix over the classes,
+    read in place by batched products over the pixels."""
+    num_pixels, num_classes, dim = normed.shape
+    heads = attention.num_heads
+    head_dim = dim // heads
+    query_key = F.elu(F.linear(normed, weight).add_(terms), inplace=True).add_(1.0)
+    value = F.linear(normed, attention.value.weight, attention.value.bias).unflatten(-1, (heads, head_dim))
+    query, key = (part.unflatten(-1, (heads, head_dim)) for part in query_key.split(dim, dim=-1))  # (p, T, h, hd)
+    key_value = value.new_empty(heads, num_pixels, head_dim, head_dim)
+    for head in range(heads):
+        torch.bmm(key[..., head, :].transpose(1, 2), value[..., head, :], out=key_value[head])
+    key_sum = key.sum(dim=1).transpose(0, 1)  # (heads, p, head_dim)
+    if padding is not None:
+        key_value += padding[0].unsqueeze(1)
+        key_sum = key_sum + padding[1].unsqueeze(1)
+    key_value = torch.cat([key_value, key_sum.unsqueeze(-1)], dim=-1)  # (heads, p, head_dim, head_dim + 1)
+    attended = value.new_empty(heads, num_pixels, num_classes, head_dim + 1)
+    for head in range(heads):
+        torch.bmm(query[..., head, :], key_value[head], out=attended[head])
+    normaliser = attended[..., head_dim:].add_(attention.eps)
+    # The result takes the memory order of its first operand, the residual's (p, T, heads, head_dim).
+    by_head = residual.unflatten(-1, (heads, head_dim)).permute(2, 0, 1, 3)
+    output = torch.addcdiv(by_head, attended[..., :head_dim], normaliser)
+    return output.permute(1, 2, 0, 3).reshape(residual.shape)
 
 
 def _class_layer_tiles(
@@ -400,14 +422,14 @@ def _class_layer_tiles(
     padding = module.padding_contribution(module.pad_len - num_classes)
     attention = module.attention
     weight, terms = fused_guided_projection(attention.query, attention.key, attention.value, text_guidance)
-    terms = terms.unsqueeze(-2)  # (B, T, 1, 3 * dim): shared by the pixels
+    weight, terms = weight[: 2 * attention.dim], terms[..., : 2 * attention.dim]  # (B, T, 2 * dim): per class
 
     def run_tile(tile_slice: tuple[int, slice]) -> None:
         image, pixels = tile_slice
-        tile = tokens[image, :, pixels].contiguous()
-        attended = linear_attention_tile(attention, module.norm1(tile), weight, terms[image], padding)
-        hidden = residual_mlp(attended.add_(tile), module.norm2, module.mlp)
-        outputs[image, :, pixels] = hidden.add_(tile) if add_input else hidden
+        tile = tokens[image, :, pixels].transpose(0, 1).contiguous()  # (p, T, C), pixel-major
+        attended = linear_attention_tile(attention, module.norm1(tile), tile, weight, terms[image], padding)
+        hidden = residual_mlp(attended, module.norm2, module.mlp)
+        outputs[image, :, pixels] = (hidden.add_(tile) if add_input else hidden).transpose(0, 1)
 
     starts = range(0, num_pixels, pixels_per_tile)
     tiles = [(image, slice(start, start + pixels_per_tile)) for image in range(batch) for start in starts]
