@@ -208,15 +208,17 @@ def tile_size(size: int, length: int, workers: int, other_tiles: int = 1) -> int
 
 
 def fused_guided_projection(
-    query: nn.Linear, key: nn.Linear, value: nn.Linear, guidance: torch.Tensor
+    query: nn.Linear, key: nn.Linear, value: nn.Linear | None, guidance: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For attention whose queries and keys act on `[token ; guidance]` and whose values act on the token: the token
     halves of the query, key and value weights stacked `(3 * dim, dim)` for one matrix product, and what does not
     depend on the token (guidance halves of query and key, the three biases) as terms `(..., 3 * dim)` of `guidance`
-    `(..., G)`."""
-    dim = value.in_features
+    `(..., G)`. Without `value`, the query and key parts alone: `(2 * dim, dim)` and `(..., 2 * dim)`."""
+    dim = query.in_features - guidance.shape[-1]
     query_term = F.linear(guidance, query.weight[:, dim:], query.bias)
     key_term = F.linear(guidance, key.weight[:, dim:], key.bias)
+    if value is None:
+        return torch.cat([query.weight[:, :dim], key.weight[:, :dim]]), torch.cat([query_term, key_term], dim=-1)
     terms = torch.cat([query_term, key_term, value.bias.expand_as(query_term)], dim=-1)
     weight = torch.cat([query.weight[:, :dim], key.weight[:, :dim], value.weight])
     return weight, terms
@@ -378,8 +380,8 @@ def linear_attention_tile(
     padding: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> torch.Tensor:
     """`residual + attention(normed)` for pixel-major normalised tokens `(p, T, dim)` of one image and `residual` of
-    that shape, with the query and key parts of `fused_guided_projection`: `weight` `(2 * dim, dim)` and that image's
-    `terms` `(T, 2 * dim)`. Each head's keys, values and queries at a pixel are one strided matrix over the classes,
+    that shape, with `weight` `(2 * dim, dim)` and that image's `terms` `(T, 2 * dim)` from `fused_guided_projection`
+    without the value. Each head's keys, values and queries at a pixel are one strided matrix over the classes,
     read in place by batched products over the pixels."""
     num_pixels, num_classes, dim = normed.shape
     heads = attention.num_heads
@@ -421,8 +423,7 @@ def _class_layer_tiles(
     pixels_per_tile = tile_size(pixels_per_tile, num_pixels, workers.workers if workers else 1, other_tiles=batch)
     padding = module.padding_contribution(module.pad_len - num_classes)
     attention = module.attention
-    weight, terms = fused_guided_projection(attention.query, attention.key, attention.value, text_guidance)
-    weight, terms = weight[: 2 * attention.dim], terms[..., : 2 * attention.dim]  # (B, T, 2 * dim): per class
+    weight, terms = fused_guided_projection(attention.query, attention.key, None, text_guidance)  # terms per class
 
     def run_tile(tile_slice: tuple[int, slice]) -> None:
         image, pixels = tile_slice
