@@ -52,7 +52,12 @@ Options:
                           afterwards; reported: GFLOP, seconds and achieved GFLOP/s per part, next to this machine's
                           float32 matmul rate (`torch.mm` of two 2048x2048 float32 matrices with the same thread
                           count, best of 3, 2*n^3/t; n=512 with --quick; probed before and after the timed runs, the
-                          faster probe counts). Ignored for the training cases.
+                          faster probe counts) and each part's time over its floor (its FLOPs at that rate). The
+                          counting run also times the ops that carry the FLOPs (matrix products, convolutions,
+                          attention: the ops FlopCounterMode counts) per part: what the library's kernels take for
+                          this work alone, against the same floor. That run executes the tiles inline (a dispatch
+                          mode is thread-local), each op on all the case's threads: with --threads 1 it is the timed
+                          path op for op. Ignored for the training cases.
   --background-load N     run every case twice: quiet first, then again while N busy-loop processes (pure Python
                           spin loops, one process each, each a full CPU hog) run on this machine; both figures are
                           reported side by side (with the slowdown). Each busy loop stops by itself at its deadline
@@ -148,7 +153,8 @@ def peak_rss_bytes() -> int:
 
 # ------------------------------------------------------------------------------------------------ per-part accounting
 class PartRecorder:
-    """Exclusive time (and FLOPs, under a FlopCounterMode) per part of the model, on one model instance.
+    """Exclusive time (and FLOPs under a FlopCounterMode, the time of its FLOP-counted ops under a `FlopOpTimer`)
+    per part of the model, on one model instance.
 
     The model forward and the aggregator get forward pre/post hooks; `get_image_features`, `get_class_embeddings` and
     `aggregator.decode` get instance-attribute wrappers (they are methods, not modules). Everything is removed by
@@ -158,10 +164,13 @@ class PartRecorder:
         self.model = model
         self.counter = None
         self.stack = ["outside_model"]
+        self.op_timer = None
         self.seconds: dict[str, float] = {}
         self.flops: dict[str, int] = {}
+        self.flop_op_seconds: dict[str, float] = {}
         self._last_time = time.perf_counter()
         self._last_flops = 0
+        self._last_op_seconds = 0.0
         self._handles = []
         self._wrapped = []
         for module, part in ((model, "cost_volume_and_glue"), (model.aggregator, "aggregator")):
@@ -197,10 +206,12 @@ class PartRecorder:
     def _flush(self):
         now = time.perf_counter()
         flops = self.counter.get_total_flops() if self.counter is not None else 0
+        op_seconds = self.op_timer.seconds if self.op_timer is not None else 0.0
         part = self.stack[-1]
         self.seconds[part] = self.seconds.get(part, 0.0) + now - self._last_time
         self.flops[part] = self.flops.get(part, 0) + flops - self._last_flops
-        self._last_time, self._last_flops = now, flops
+        self.flop_op_seconds[part] = self.flop_op_seconds.get(part, 0.0) + op_seconds - self._last_op_seconds
+        self._last_time, self._last_flops, self._last_op_seconds = now, flops, op_seconds
 
     def enter(self, part):
         self._flush()
@@ -210,16 +221,40 @@ class PartRecorder:
         self._flush()
         self.stack.pop()
 
-    def start(self, counter=None):
-        self.counter = counter
+    def start(self, counter=None, op_timer=None):
+        self.counter, self.op_timer = counter, op_timer
         self.stack = ["outside_model"]
-        self.seconds, self.flops = {}, {}
+        self.seconds, self.flops, self.flop_op_seconds = {}, {}, {}
         self._last_time = time.perf_counter()
         self._last_flops = counter.get_total_flops() if counter is not None else 0
+        self._last_op_seconds = op_timer.seconds if op_timer is not None else 0.0
 
     def stop(self):
         self._flush()
-        self.counter = None
+        self.counter, self.op_timer = None, None
+
+
+def flop_op_timer(flop_ops):
+    """A torch dispatch mode that sums the wall time of the ops in `flop_ops` (the ops FlopCounterMode counts: the
+    matrix products, convolutions and attention) in `.seconds`; other ops pass through untimed. Entered below the
+    FlopCounterMode, so that the counter's own bookkeeping is not timed."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class FlopOpTimer(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seconds = 0.0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket not in flop_ops:
+                return func(*args, **(kwargs or {}))
+            start = time.perf_counter()
+            try:
+                return func(*args, **(kwargs or {}))
+            finally:
+                self.seconds += time.perf_counter() - start
+
+    return FlopOpTimer()
 
 
 def onednn_flop_formulas() -> dict:
@@ -348,12 +383,17 @@ def run_case(args: argparse.Namespace) -> dict:
     if args.flops and kind != "train":
         from torch.utils.flop_counter import FlopCounterMode
 
+        from torch.utils.flop_counter import flop_registry
+
         recorder = PartRecorder(model)
-        with FlopCounterMode(display=False, custom_mapping=onednn_flop_formulas()) as counter:
-            recorder.start(counter)
-            step()
-            recorder.stop()
+        custom_formulas = onednn_flop_formulas()
+        with flop_op_timer(set(flop_registry) | set(custom_formulas)) as op_timer:
+            with FlopCounterMode(display=False, custom_mapping=custom_formulas) as counter:
+                recorder.start(counter, op_timer)
+                step()
+                recorder.stop()
         counted = dict(recorder.flops)
+        flop_op_seconds = dict(recorder.flop_op_seconds)
         matmul_n = 512 if args.quick else 2048
         # Probed before and after the timed runs: this machine's rate drifts, and one probe can catch a slow moment.
         matmul_probes = [matmul_gflops(matmul_n)]
@@ -383,12 +423,14 @@ def run_case(args: argparse.Namespace) -> dict:
                 "gflop": gflop,
                 "seconds": seconds,
                 "gflops_per_s": gflop / seconds if seconds > 0 else None,
+                "flop_op_seconds": flop_op_seconds.get(part, 0.0),
             }
         total_gflop = sum(counted.values()) / 1e9
         flops = {
             "parts": parts,
             "total_gflop": total_gflop,
             "total_gflops_per_s": total_gflop / statistics.median(times),
+            "total_flop_op_seconds": sum(flop_op_seconds.values()),
             "matmul_n": matmul_n,
             "matmul_gflops_per_s": max(matmul_probes),
             "matmul_probes_gflops_per_s": matmul_probes,
@@ -528,20 +570,28 @@ def format_flops(result: dict) -> str:
         f"  FLOPs of {result['case']} ({result['condition']}); "
         f"float32 matmul {flops['matmul_n']}^2: {rate:.1f} GFLOP/s (the faster of "
         + " / ".join(f"{probe:.1f}" for probe in flops["matmul_probes_gflops_per_s"])
-        + " before / after the timed runs)",
-        f"  {'part':22s} {'GFLOP':>10s} {'s':>8s} {'GFLOP/s':>9s} {'% matmul':>9s}",
+        + " before / after the timed runs); floor: GFLOP at that rate; FLOP ops: the counted run's products,"
+        " convolutions and attention alone",
+        f"  {'part':22s} {'GFLOP':>10s} {'s':>8s} {'GFLOP/s':>9s} {'% matmul':>9s} {'x floor':>8s} "
+        f"{'FLOP ops s':>10s} {'x floor':>8s}",
     ]
-    rows = list(flops["parts"].items()) + [
-        (
-            "total",
-            {"gflop": flops["total_gflop"], "seconds": result["median_s"], "gflops_per_s": flops["total_gflops_per_s"]},
-        )
-    ]
-    for part, values in rows:
+    total = {
+        "gflop": flops["total_gflop"],
+        "seconds": result["median_s"],
+        "gflops_per_s": flops["total_gflops_per_s"],
+        "flop_op_seconds": flops["total_flop_op_seconds"],
+    }
+    for part, values in list(flops["parts"].items()) + [("total", total)]:
         achieved = values["gflops_per_s"]
-        shown = f"{achieved:9.2f}" if achieved is not None else f"{'-':>9s}"
-        share = f"{100 * achieved / rate:8.1f}%" if achieved is not None and rate else f"{'-':>9s}"
-        lines.append(f"  {part:22s} {values['gflop']:10.3f} {values['seconds']:8.3f} {shown} {share}")
+        floor = values["gflop"] / rate if rate else 0.0
+        cells = [
+            f"{achieved:9.2f}" if achieved else f"{'-':>9s}",
+            f"{100 * achieved / rate:8.1f}%" if achieved and rate else f"{'-':>9s}",
+            f"{values['seconds'] / floor:7.2f}x" if floor > 0 else f"{'-':>8s}",
+            f"{values['flop_op_seconds']:10.3f}",
+            f"{values['flop_op_seconds'] / floor:7.2f}x" if floor > 0 else f"{'-':>8s}",
+        ]
+        lines.append(f"  {part:22s} {values['gflop']:10.3f} {values['seconds']:8.3f} " + " ".join(cells))
     return "\n".join(lines)
 
 

@@ -72,6 +72,11 @@ def test_quick_end_to_end_with_flops_and_background_load(tmp_path, shared_path):
         assert flops["total_gflop"] == pytest.approx(sum(p["gflop"] for p in flops["parts"].values()))
         assert flops["matmul_gflops_per_s"] == max(flops["matmul_probes_gflops_per_s"]) > 0
         assert len(flops["matmul_probes_gflops_per_s"]) == 2  # before and after the timed runs
+        # The products', convolutions' and attention's own time per part: where FLOPs are, and nowhere else.
+        for part in flops["parts"].values():
+            assert (part["flop_op_seconds"] > 0) == (part["gflop"] > 0), part
+        op_seconds = [part["flop_op_seconds"] for part in flops["parts"].values()]
+        assert flops["total_flop_op_seconds"] == pytest.approx(sum(op_seconds))
     load = loaded["background_load"]
     assert load["processes"] == 1 and len(load["pids"]) == 1
     assert load["alive_at_end"] == [True]  # the busy loop ran for the whole loaded case
@@ -172,3 +177,17 @@ def test_fused_mlp_products_are_counted_like_the_plain_layers(script):
         with FlopCounterMode(display=False) as plain:
             hidden + mlp(norm(hidden))
     assert fused.get_total_flops() == plain.get_total_flops() == 2 * 2 * (2 * 9) * 16 * 64
+
+
+def test_flop_op_timer_times_only_the_counted_ops(script, monkeypatch):
+    """The timer adds the wall time of the FLOP-counted ops (here the mm) and of nothing else."""
+    import torch
+    from torch.utils.flop_counter import flop_registry
+
+    clock = iter(range(100))
+    monkeypatch.setattr(script.time, "perf_counter", lambda: float(next(clock)))
+    a = torch.randn(8, 8)
+    with script.flop_op_timer(set(flop_registry)) as timer:
+        torch.mm(a, a).relu_().sum()
+        torch.mm(a, a)
+    assert timer.seconds == 2.0  # one clock tick inside each mm; relu_ and sum are not timed

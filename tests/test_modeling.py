@@ -769,8 +769,8 @@ def test_each_kernel_equals_its_block(tiles, monkeypatch):
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
 @pytest.mark.parametrize("tokens_per_tile", [1, 7, catseg_kernels.MLP_TOKENS_PER_TILE])
 def test_residual_mlp_with_fused_products_equals_the_block(activation, tokens_per_tile, monkeypatch):
-    """The residual MLP's oneDNN products with bias and activation fused (float32 CPU) against the MLP as the blocks
-    run it, over tiles; under CPU autocast and in bfloat16 the kernel runs the layers as written."""
+    """The residual MLP's oneDNN products with bias, activation and residual fused (float32 CPU) against the MLP as
+    the blocks run it, over tiles; under CPU autocast, in bfloat16 and for other activations the layers as written."""
     if not catseg_kernels.HAS_ONEDNN_LINEAR:
         pytest.skip("this torch build has no oneDNN linear")
     from timm.layers import Mlp
@@ -790,6 +790,13 @@ def test_residual_mlp_with_fused_products_equals_the_block(activation, tokens_pe
         assert catseg_kernels._onednn_activation(mlp.to(torch.bfloat16), hidden.bfloat16()) is None
         tanh = Mlp(24, 96, act_layer=lambda: torch.nn.GELU(approximate="tanh"))
         assert catseg_kernels._onednn_activation(tanh, hidden) is None
+        torch.testing.assert_close(catseg_kernels.residual_mlp(hidden, norm, tanh), hidden + tanh(norm(hidden)))
+        # The product with the residual added in its output pass (the attention's output projection), and without.
+        linear, tokens, residual = torch.nn.Linear(24, 8), hidden.view(-1, 24), torch.randn(51, 8)
+        torch.testing.assert_close(catseg_kernels.linear_plus(linear, tokens, residual), residual + linear(tokens))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = catseg_kernels.linear_plus(linear, tokens, residual)
+        torch.testing.assert_close(plain, residual + linear(tokens), atol=0.05, rtol=0.02)
 
 
 @pytest.mark.parametrize("heads", [1, 4])

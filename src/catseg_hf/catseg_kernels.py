@@ -14,22 +14,19 @@ What is reformulated, against the blocks:
 
 - **Tiles.** The Swin blocks run over tiles of a few class maps of one image, the class aggregation over tiles of
   pixels (all classes of those pixels), the residual MLPs over tiles of tokens, the decoder over tiles of a few
-  classes and the CLIP vision tower one view at a time. Tiles only cut axes along which nothing interacts, so each
-  tile's intermediates stay small.
-- **In place.** The aggregation layers write every tile's output back into the cost-embedding buffer (which only the
-  aggregator holds) instead of allocating a new tensor per block.
+  classes, the CLIP vision tower one view at a time: only along axes where nothing interacts.
+- **In place.** The aggregation layers write every tile's output back into the cost-embedding buffer (only the
+  aggregator holds it).
 - **Windows by one gather.** A class map is put in (shifted-)window order by one `index_select` of precomputed token
   positions (the cyclic shift and the window partition at once), and back by the inverse permutation.
 - **Fused projections.** The token halves of query, key and value are one matrix product (in the class aggregation:
   query and key, so that `elu + 1` acts on one block); their guidance halves and biases are one precomputed term per
   image (Swin windows) or per class (class aggregation).
-- **Class attention pixel-major.** Class aggregation tiles are laid out (pixel, class, channel): per head, the sums
-  over classes and the queries' products are batched products over pixels, read in place; the normaliser is one more
-  key-value column.
-- **Fewer temporaries.** The attention's output projection is one `addmm`, residuals are added in place, and ReLU and
-  the `elu + 1` feature map act on their inputs.
-- **Fused MLPs.** On CPU in float32 the residual MLPs' two products run through oneDNN with their bias and activation
-  (exact GELU, ReLU) applied in the product's own output pass.
+- **Class attention pixel-major.** Tiles (pixel, class, channel): per head, the sums over classes and the queries'
+  products are batched products over pixels, read in place; the normaliser is one more key-value column.
+- **Cheaper feature map.** `elu + 1` is `max(x, 0) + exp(min(x, 0))` (elu's `expm1` is the slower function).
+- **Fused products.** On CPU in float32 the residual MLPs' products and the window attention's output projection
+  run through oneDNN with bias, activation (exact GELU, ReLU) and residual applied in the product's output pass.
 
 **Tile threads.** With more than one torch thread, each entry point runs its independent tiles (Swin tiles, pixel
 tiles of the class aggregation, decoder class chunks, CLIP views) on a pool of as many Python threads as the caller
@@ -106,9 +103,8 @@ def tile_workers() -> int:
     dispatch mode (as `FlopCounterMode`), which is thread-local and would not see the work of other threads."""
     if torch.compiler.is_compiling():
         return 1
-    if torch._C._len_torch_dispatch_stack() > 0 or torch._C._len_torch_function_stack() > 0:
-        return 1
-    return torch.get_num_threads()
+    modes = torch._C._len_torch_dispatch_stack() + torch._C._len_torch_function_stack()
+    return 1 if modes > 0 else torch.get_num_threads()
 
 
 def _use_one_intra_op_thread() -> None:
@@ -236,18 +232,18 @@ def _has_onednn_linear() -> bool:
 HAS_ONEDNN_LINEAR = _has_onednn_linear()
 
 
+def _onednn_products(tokens: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether products of `tokens` and `weight` run as oneDNN linear layers with fused pointwise operations: float32
+    CPU tensors, no autocast, not while compiling (the compiler fuses on its own)."""
+    cpu_float32 = tokens.device.type == "cpu" and tokens.dtype == torch.float32 == weight.dtype
+    plain = not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+    return HAS_ONEDNN_LINEAR and cpu_float32 and plain
+
+
 def _onednn_activation(mlp: Mlp, tokens: torch.Tensor) -> tuple[str, str] | None:
-    """oneDNN's name and algorithm for the activation of `mlp` where its linear layers can run as oneDNN products
-    with the bias and the activation applied in the product's output pass (float32 CPU tokens, no autocast, an
-    exact GELU or a ReLU, identity norm, not while compiling: the compiler fuses on its own); None elsewhere."""
-    if not (
-        tokens.device.type == "cpu"
-        and tokens.dtype == torch.float32 == mlp.fc1.weight.dtype
-        and not torch.is_autocast_enabled("cpu")
-        and isinstance(mlp.norm, nn.Identity)
-        and HAS_ONEDNN_LINEAR
-        and not torch.compiler.is_compiling()
-    ):
+    """oneDNN's name and algorithm for the activation of `mlp` where its products run through oneDNN with the bias
+    and the activation applied in the product's output pass (an exact GELU or a ReLU, identity norm); else None."""
+    if not (isinstance(mlp.norm, nn.Identity) and _onednn_products(tokens, mlp.fc1.weight)):
         return None
     if isinstance(mlp.act, nn.ReLU):
         return "relu", ""
@@ -256,30 +252,34 @@ def _onednn_activation(mlp: Mlp, tokens: torch.Tensor) -> tuple[str, str] | None
     return None
 
 
-def _mlp(mlp: Mlp, tokens: torch.Tensor) -> torch.Tensor:
-    """timm's `Mlp` as CAT-Seg builds it (dropouts of 0, identity norm) on tokens `(N, C)`. On CPU in float32 both
-    products run through oneDNN with bias and activation fused ([`_onednn_activation`]), which saves the separate
-    pass of the activation over the 4x wider intermediate and `addmm`'s copy of the bias into every output row.
-    Elsewhere the layers run as written, with a ReLU applied in place."""
+def linear_plus(linear: nn.Linear, tokens: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """`residual + linear(tokens)` for `(N, C)` tensors; through oneDNN the addition happens in the product's output
+    pass (no separate pass over the result, no copy of the bias into every row as `addmm` makes)."""
+    if not _onednn_products(tokens, linear.weight):
+        return residual + linear(tokens)
+    return torch.ops.mkldnn._linear_pointwise.binary(tokens, residual.contiguous(), linear.weight, linear.bias, "add")
+
+
+def _residual_mlp_tile(mlp: Mlp, tokens: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """`residual + mlp(tokens)` with timm's `Mlp` as CAT-Seg builds it (dropouts of 0, identity norm) on `(N, C)`;
+    through oneDNN with bias, activation and residual fused ([`_onednn_activation`], [`linear_plus`]): no separate
+    pass over the 4x wider intermediate or the output. Elsewhere `mlp` as written."""
     activation = _onednn_activation(mlp, tokens)
     if activation is not None:
-        linear_pointwise = torch.ops.mkldnn._linear_pointwise
-        hidden = linear_pointwise(tokens, mlp.fc1.weight, mlp.fc1.bias, activation[0], [], activation[1])
-        return linear_pointwise(hidden, mlp.fc2.weight, mlp.fc2.bias, "none", [], "")
-    hidden = mlp.fc1(tokens)
-    hidden = hidden.relu_() if isinstance(mlp.act, nn.ReLU) else mlp.act(hidden)
-    return mlp.fc2(mlp.norm(hidden))
+        fc1 = torch.ops.mkldnn._linear_pointwise(tokens, mlp.fc1.weight, mlp.fc1.bias, activation[0], [], activation[1])
+        return linear_plus(mlp.fc2, fc1, residual)
+    return residual + mlp(tokens)
 
 
 def residual_mlp(hidden: torch.Tensor, norm: nn.Module, mlp: Mlp) -> torch.Tensor:
     """`hidden + mlp(norm(hidden))` over the last dimension, in tiles of `MLP_TOKENS_PER_TILE` tokens."""
     tokens = hidden.reshape(-1, hidden.shape[-1])
     if tokens.shape[0] <= MLP_TOKENS_PER_TILE:
-        return hidden + _mlp(mlp, norm(tokens)).view(hidden.shape)
+        return _residual_mlp_tile(mlp, norm(tokens), tokens).view(hidden.shape)
     output = torch.empty_like(tokens)
     for start in range(0, tokens.shape[0], MLP_TOKENS_PER_TILE):
         tile = tokens[start : start + MLP_TOKENS_PER_TILE]
-        torch.add(tile, _mlp(mlp, norm(tile)), out=output[start : start + MLP_TOKENS_PER_TILE])
+        output[start : start + MLP_TOKENS_PER_TILE] = _residual_mlp_tile(mlp, norm(tile), tile)
     return output.view(hidden.shape)
 
 
@@ -329,8 +329,8 @@ def swin_block_tile(block: CATSegSwinBlock, maps: torch.Tensor, plan: SwinTilePl
     query, key, value = (part.transpose(1, 2) for part in qkv.unbind(2))
     attended = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_bias, scale=attention.scale)
     attended = attended.transpose(1, 2).reshape(num_maps * num_tokens, channels)
-    attended = torch.addmm(attention.proj.bias, attended, attention.proj.weight.t())
-    tokens = residual_mlp(attended.view(num_maps, num_tokens, channels).add_(tokens), block.norm2, block.mlp)
+    attended = linear_plus(attention.proj, attended, tokens.view(-1, channels))
+    tokens = residual_mlp(attended.view(num_maps, num_tokens, channels), block.norm2, block.mlp)
     return tokens.index_select(1, plan.raster_order)
 
 
@@ -384,9 +384,9 @@ def linear_attention_tile(
     without the value. Each head's keys, values and queries at a pixel are one strided matrix over the classes,
     read in place by batched products over the pixels."""
     num_pixels, num_classes, dim = normed.shape
-    heads = attention.num_heads
-    head_dim = dim // heads
-    query_key = F.elu(F.linear(normed, weight).add_(terms), inplace=True).add_(1.0)
+    heads, head_dim = attention.num_heads, dim // attention.num_heads
+    query_key = F.linear(normed, weight).add_(terms)
+    query_key = query_key.clamp_min(0).add_(query_key.clamp_max_(0).exp_())  # elu + 1
     value = F.linear(normed, attention.value.weight, attention.value.bias).unflatten(-1, (heads, head_dim))
     query, key = (part.unflatten(-1, (heads, head_dim)) for part in query_key.split(dim, dim=-1))  # (p, T, h, hd)
     key_value = value.new_empty(heads, num_pixels, head_dim, head_dim)
