@@ -259,15 +259,16 @@ def flop_op_timer(flop_ops):
 
 def onednn_flop_formulas() -> dict:
     """FlopCounterMode formulas for the oneDNN products the inference kernels call, which torch does not count:
-    `mkldnn._linear_pointwise` (a linear layer with bias and activation fused) costs its product's 2 M K N."""
+    `mkldnn._linear_pointwise` (a linear layer with bias and activation fused) and its `.binary` overload (with a
+    tensor added in the output pass) cost their product's 2 M K N: the output's M N elements times the input's K."""
     import math
 
     import torch
 
     from catseg_hf.catseg_kernels import HAS_ONEDNN_LINEAR
 
-    def linear_pointwise_flops(input_shape, weight_shape, *args, **kwargs) -> int:
-        return 2 * math.prod(input_shape[:-1]) * input_shape[-1] * weight_shape[0]
+    def linear_pointwise_flops(input_shape, *args, out_shape, **kwargs) -> int:
+        return 2 * math.prod(out_shape) * input_shape[-1]
 
     return {torch.ops.mkldnn._linear_pointwise: linear_pointwise_flops} if HAS_ONEDNN_LINEAR else {}
 

@@ -161,7 +161,7 @@ def test_unknown_case_is_a_clear_error(shared_path):
 
 
 def test_fused_mlp_products_are_counted_like_the_plain_layers(script):
-    """The kernels' oneDNN products (bias and activation fused) count as the two products of the MLP as written."""
+    """The kernels' oneDNN products (bias, activation or residual fused) count as the products as written."""
     import torch
     from timm.layers import Mlp
     from torch.utils.flop_counter import FlopCounterMode
@@ -177,6 +177,10 @@ def test_fused_mlp_products_are_counted_like_the_plain_layers(script):
         with FlopCounterMode(display=False) as plain:
             hidden + mlp(norm(hidden))
     assert fused.get_total_flops() == plain.get_total_flops() == 2 * 2 * (2 * 9) * 16 * 64
+    linear, tokens, residual = torch.nn.Linear(16, 8), hidden.view(-1, 16), torch.randn(18, 8)
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=script.onednn_flop_formulas()) as added:
+        catseg_kernels.linear_plus(linear, tokens, residual)  # the product with the residual added in its output
+    assert added.get_total_flops() == 2 * 18 * 16 * 8
 
 
 def test_flop_op_timer_times_only_the_counted_ops(script, monkeypatch):
