@@ -236,8 +236,8 @@ class PartRecorder:
 
 def flop_op_timer(flop_ops):
     """A torch dispatch mode that sums the wall time of the ops in `flop_ops` (the ops FlopCounterMode counts: the
-    matrix products, convolutions and attention) in `.seconds`; other ops pass through untimed. Entered below the
-    FlopCounterMode, so that the counter's own bookkeeping is not timed."""
+    matrix products, convolutions and attention: `FlopCounterMode.flop_registry`) in `.seconds`; other ops pass
+    through untimed. Entered below the FlopCounterMode, so that the counter's own bookkeeping is not timed."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class FlopOpTimer(TorchDispatchMode):
@@ -384,15 +384,13 @@ def run_case(args: argparse.Namespace) -> dict:
     if args.flops and kind != "train":
         from torch.utils.flop_counter import FlopCounterMode
 
-        from torch.utils.flop_counter import flop_registry
-
         recorder = PartRecorder(model)
-        custom_formulas = onednn_flop_formulas()
-        with flop_op_timer(set(flop_registry) | set(custom_formulas)) as op_timer:
-            with FlopCounterMode(display=False, custom_mapping=custom_formulas) as counter:
-                recorder.start(counter, op_timer)
-                step()
-                recorder.stop()
+        counter = FlopCounterMode(display=False, custom_mapping=onednn_flop_formulas())
+        # The timer times exactly the ops the counter counts, and is entered first so as not to time the counter.
+        with flop_op_timer(counter.flop_registry) as op_timer, counter:
+            recorder.start(counter, op_timer)
+            step()
+            recorder.stop()
         counted = dict(recorder.flops)
         flop_op_seconds = dict(recorder.flop_op_seconds)
         matmul_n = 512 if args.quick else 2048
