@@ -44,7 +44,8 @@ Options:
                           default: the environment as it is. Each result records the settings its process ran with.
   --flops                 for the inference cases, count the FLOPs of one extra (untimed) run per part with
                           `torch.utils.flop_counter.FlopCounterMode` (it counts the aten ops that actually run, so the
-                          tiled no-grad CPU kernels): CLIP text tower (text cases), CLIP vision tower, cost volume
+                          tiled no-grad CPU kernels; with formulas added for the CPU ops it does not know: oneDNN's
+                          fused linear layers and CPU attention, `cpu_kernel_flop_formulas`): CLIP text tower (text cases), CLIP vision tower, cost volume
                           and glue of the model's forward, aggregator (cost embedding, guidance projections, spatial
                           and class aggregation), decoder (upsampling stages and head), and the rest outside the
                           model (processor, post-processing). Each part is then timed inside the timed runs (median
@@ -257,20 +258,31 @@ def flop_op_timer(flop_ops):
     return FlopOpTimer()
 
 
-def onednn_flop_formulas() -> dict:
-    """FlopCounterMode formulas for the oneDNN products the inference kernels call, which torch does not count:
-    `mkldnn._linear_pointwise` (a linear layer with bias and activation fused) and its `.binary` overload (with a
-    tensor added in the output pass) cost their product's 2 M K N: the output's M N elements times the input's K."""
+def cpu_kernel_flop_formulas() -> dict:
+    """FlopCounterMode formulas for the CPU ops of our inference path that torch's counter does not know:
+    - `mkldnn._linear_pointwise` (a linear layer with bias and activation fused, the inference kernels' products) and
+      its `.binary` overload (with a tensor added in the output pass) cost their product's 2 M K N: the output's M N
+      elements times the input's K;
+    - `aten._scaled_dot_product_flash_attention_for_cpu`, what `scaled_dot_product_attention` runs on CPU (the Swin
+      windows, CLIP's vision and text attention), costs what torch counts for its other attention kernels: the two
+      batched products, query by keys and weights by values."""
     import math
 
     import torch
+    from torch.utils.flop_counter import sdpa_flop_count
 
     from catseg_hf.catseg_kernels import HAS_ONEDNN_LINEAR
 
     def linear_pointwise_flops(input_shape, *args, out_shape, **kwargs) -> int:
         return 2 * math.prod(out_shape) * input_shape[-1]
 
-    return {torch.ops.mkldnn._linear_pointwise: linear_pointwise_flops} if HAS_ONEDNN_LINEAR else {}
+    def cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    formulas = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention_flops}
+    if HAS_ONEDNN_LINEAR:
+        formulas[torch.ops.mkldnn._linear_pointwise] = linear_pointwise_flops
+    return formulas
 
 
 def matmul_gflops(n: int) -> float:
@@ -385,7 +397,7 @@ def run_case(args: argparse.Namespace) -> dict:
         from torch.utils.flop_counter import FlopCounterMode
 
         recorder = PartRecorder(model)
-        counter = FlopCounterMode(display=False, custom_mapping=onednn_flop_formulas())
+        counter = FlopCounterMode(display=False, custom_mapping=cpu_kernel_flop_formulas())
         # The timer times exactly the ops the counter counts, and is entered first so as not to time the counter.
         with flop_op_timer(counter.flop_registry) as op_timer, counter:
             recorder.start(counter, op_timer)

@@ -172,15 +172,39 @@ def test_fused_mlp_products_are_counted_like_the_plain_layers(script):
         pytest.skip("this torch build has no oneDNN linear")
     mlp, norm, hidden = Mlp(16, 64, act_layer=torch.nn.GELU), torch.nn.LayerNorm(16), torch.randn(2, 9, 16)
     with torch.no_grad():
-        with FlopCounterMode(display=False, custom_mapping=script.onednn_flop_formulas()) as fused:
+        with FlopCounterMode(display=False, custom_mapping=script.cpu_kernel_flop_formulas()) as fused:
             catseg_kernels.residual_mlp(hidden, norm, mlp)
         with FlopCounterMode(display=False) as plain:
             hidden + mlp(norm(hidden))
     assert fused.get_total_flops() == plain.get_total_flops() == 2 * 2 * (2 * 9) * 16 * 64
     linear, tokens, residual = torch.nn.Linear(16, 8), hidden.view(-1, 16), torch.randn(18, 8)
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=script.onednn_flop_formulas()) as added:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=script.cpu_kernel_flop_formulas()) as added:
         catseg_kernels.linear_plus(linear, tokens, residual)  # the product with the residual added in its output
     assert added.get_total_flops() == 2 * 18 * 16 * 8
+
+
+def test_cpu_attention_is_counted_and_timed(script, monkeypatch):
+    """`scaled_dot_product_attention` on CPU runs `_scaled_dot_product_flash_attention_for_cpu`, which torch's counter
+    does not know: it counts as the two batched products (Q K^T and the weights times V), and the op timer times it."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch, heads, queries, keys, head_dim = 3, 2, 5, 7, 8
+    query, key = torch.randn(batch, heads, queries, head_dim), torch.randn(batch, heads, keys, head_dim)
+    value = torch.randn(batch, heads, keys, head_dim)
+    expected = 2 * batch * heads * queries * keys * 2 * head_dim
+    clock = iter(range(100))
+    monkeypatch.setattr(script.time, "perf_counter", lambda: float(next(clock)))
+    counter = FlopCounterMode(display=False, custom_mapping=script.cpu_kernel_flop_formulas())
+    with torch.no_grad(), script.flop_op_timer(counter.flop_registry) as timer, counter:
+        F.scaled_dot_product_attention(query, key, value)
+    assert torch.ops.aten._scaled_dot_product_flash_attention_for_cpu in counter.flop_counts["Global"]
+    assert counter.get_total_flops() == expected
+    assert timer.seconds == 1.0  # the attention op, timed once
+    with torch.no_grad(), FlopCounterMode(display=False) as plain:  # the same attention as written
+        torch.softmax(query @ key.transpose(-1, -2), dim=-1) @ value
+    assert plain.get_total_flops() == expected
 
 
 def test_flop_op_timer_times_only_the_counted_ops(script, monkeypatch):
