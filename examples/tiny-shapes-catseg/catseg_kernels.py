@@ -188,14 +188,38 @@ def map_tiles(function: Callable[[_Tile], _Result], tiles: Sequence[_Tile]) -> l
         return workers.map(function, tiles)
 
 
-def tile_size(size: int, length: int, workers: int, other_tiles: int = 1) -> int:
-    """`size` (at least 1), made smaller with `workers > 1` threads where `length` items cut into tiles of `size`
-    (times `other_tiles` along other axes) would leave fewer than `MIN_TILES_PER_WORKER` tiles per thread."""
-    size = max(1, size)
+def tile_slices(
+    size: int, length: int, workers: int, other_tiles: int = 1, min_tiles_per_worker: int = MIN_TILES_PER_WORKER
+) -> list[slice]:
+    """`range(length)` cut into tiles of at most `size` items (at least 1), as slices, whose sizes differ by at most
+    one (larger first). With `workers > 1` threads the tiles are more where needed: at least `min_tiles_per_worker`
+    per thread, and their number (times `other_tiles` along other axes) a multiple of `workers` where `length`
+    allows, so that threads of equal speed finish together instead of one waiting for the other's last tile."""
+    count = math.ceil(length / max(1, size))
     if workers > 1:
-        tiles_needed = math.ceil(MIN_TILES_PER_WORKER * workers / max(1, other_tiles))
-        size = min(size, max(1, math.ceil(length / tiles_needed)))
-    return size
+        other_tiles = max(1, other_tiles)
+        count = max(count, math.ceil(min_tiles_per_worker * workers / other_tiles))
+        step = workers // math.gcd(workers, other_tiles)  # the least count whose tiles fill every thread
+        count = math.ceil(count / step) * step
+    count = max(1, min(count, length))
+    smaller, larger = divmod(length, count)
+    bounds = [0]
+    for index in range(count):
+        bounds.append(bounds[-1] + smaller + (index < larger))
+    return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:]) if stop > start]
+
+
+def map_class_chunks(
+    function: Callable[[torch.Tensor], _Result], tensor: torch.Tensor, max_classes: int
+) -> list[_Result]:
+    """`function` on the class chunks (dim 1) of `tensor` `(B, T, ...)`, each of at most `max_classes` classes (`<= 0`:
+    all), as [`tile_slices`] cuts them for `tile_workers()` threads (no more chunks than that asks for), on those
+    threads."""
+    num_classes = tensor.shape[1]
+    with TileWorkers(tile_workers()) as workers:
+        size = num_classes if max_classes <= 0 else max_classes
+        chunks = tile_slices(size, num_classes, workers.workers, min_tiles_per_worker=1)
+        return workers.map(lambda classes: function(tensor[:, classes]), chunks)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -348,8 +372,8 @@ def spatial_aggregation(
     guidance = module.guidance_norm(appearance_guidance)
     maps_per_tile = num_classes if module.class_chunk_size <= 0 else module.class_chunk_size
     maps_per_tile = min(maps_per_tile, max(1, SWIN_TOKENS_PER_TILE // (height * width)), num_classes)
-    maps_per_tile = tile_size(maps_per_tile, num_classes, workers.workers if workers else 1, other_tiles=batch)
-    plans = [swin_tile_plan(block, guidance, maps_per_tile) for block in module.blocks]
+    class_tiles = tile_slices(maps_per_tile, num_classes, workers.workers if workers else 1, other_tiles=batch)
+    plans = [swin_tile_plan(block, guidance, class_tiles[0].stop) for block in module.blocks]
     inputs = cost_embedding.reshape(batch, num_classes, height * width, channels)
     outputs = out.view(batch, num_classes, height * width, channels)
 
@@ -360,8 +384,7 @@ def spatial_aggregation(
             maps = swin_block_tile(block, maps, plan, image)
         outputs[image, classes] = maps
 
-    starts = range(0, num_classes, maps_per_tile)
-    tiles = [(image, slice(start, start + maps_per_tile)) for image in range(batch) for start in starts]
+    tiles = [(image, classes) for image in range(batch) for classes in class_tiles]
     (workers or TileWorkers(1)).map(run_tile, tiles)
     return out
 
@@ -420,7 +443,7 @@ def _class_layer_tiles(
     itself: a tile reads and writes only its own pixels), plus the input if `add_input`."""
     batch, num_classes, num_pixels, _ = tokens.shape
     pixels_per_tile = max(1, CLASS_AGGREGATION_TOKENS_PER_TILE // num_classes)
-    pixels_per_tile = tile_size(pixels_per_tile, num_pixels, workers.workers if workers else 1, other_tiles=batch)
+    pixel_tiles = tile_slices(pixels_per_tile, num_pixels, workers.workers if workers else 1, other_tiles=batch)
     padding = module.padding_contribution(module.pad_len - num_classes)
     attention = module.attention
     weight, terms = fused_guided_projection(attention.query, attention.key, None, text_guidance)  # terms per class
@@ -432,8 +455,7 @@ def _class_layer_tiles(
         hidden = residual_mlp(attended, module.norm2, module.mlp)
         outputs[image, :, pixels] = (hidden.add_(tile) if add_input else hidden).transpose(0, 1)
 
-    starts = range(0, num_pixels, pixels_per_tile)
-    tiles = [(image, slice(start, start + pixels_per_tile)) for image in range(batch) for start in starts]
+    tiles = [(image, pixels) for image in range(batch) for pixels in pixel_tiles]
     (workers or TileWorkers(1)).map(run_tile, tiles)
 
 
@@ -496,10 +518,14 @@ def decoder_classes_per_chunk(cost_embedding: torch.Tensor, class_chunk_size: in
 def inference_image_features(
     image_features: Callable[[torch.Tensor], CATSegImageFeatures], pixel_values: torch.Tensor
 ) -> CATSegImageFeatures:
-    """`image_features` (the plain image side) one view of `pixel_values` `(N, 3, R, R)` at a time (the views on
-    `tile_workers()` threads), the outputs concatenated in dim 0."""
+    """`image_features` (the plain image side) one view of `pixel_values` `(N, 3, R, R)` at a time, the outputs
+    concatenated in dim 0. The views on `tile_workers()` threads, as many as fill every thread; the views left over
+    (`N` modulo the threads) then run in the calling thread on all its intra-op threads, instead of one thread
+    working through a last view while the others wait."""
     views = [pixel_values[index : index + 1] for index in range(pixel_values.shape[0])]
-    per_view = map_tiles(image_features, views)
+    workers = tile_workers()
+    on_threads = len(views) - len(views) % workers
+    per_view = map_tiles(image_features, views[:on_threads]) + [image_features(view) for view in views[on_threads:]]
     merged = {}
     for name, first in per_view[0].items():
         parts = [features[name] for features in per_view]

@@ -22,7 +22,7 @@ from .catseg_kernels import (
     decoder_classes_per_chunk,
     inference_aggregation,
     inference_image_features,
-    map_tiles,
+    map_class_chunks,
     use_inference_kernels,
     use_view_threads,
     views_on_threads,
@@ -582,13 +582,16 @@ class CATSegAggregator(nn.Module):
             chunk_logits = self.head(features.flatten(0, 1))
             return chunk_logits.view(batch, features.shape[1], *features.shape[-2:])
 
-        chunks = _class_chunks(cost_embedding, classes_per_chunk)
         if use_inference_kernels(cost_embedding):
-            # The chunks on the inference kernels' tile threads.
-            logits = map_tiles(lambda chunk: decode_chunk(chunk, *guidance_terms), chunks)
+            # The chunks on the inference kernels' tile threads, cut so that the threads finish together.
+            logits = map_class_chunks(
+                lambda chunk: decode_chunk(chunk, *guidance_terms), cost_embedding, classes_per_chunk
+            )
         elif self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            chunks = _class_chunks(cost_embedding, classes_per_chunk)
             logits = [self._gradient_checkpointing_func(decode_chunk, chunk, *guidance_terms) for chunk in chunks]
         else:
+            chunks = _class_chunks(cost_embedding, classes_per_chunk)
             logits = [decode_chunk(chunk, *guidance_terms) for chunk in chunks]
         return logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)
 
