@@ -31,7 +31,10 @@ What is reformulated, against the blocks:
 **Tile threads.** With more than one torch thread, each entry point runs its independent tiles (Swin tiles, pixel
 tiles of the class aggregation, decoder class chunks, CLIP views) on a pool of as many Python threads as the caller
 has torch threads, each with one intra-op thread, which take the next tile as soon as they finish one
-([`TileWorkers`]); the caller's own thread count and thread state are left as they were. Many short OpenMP parallel
+([`TileWorkers`]); the caller's own thread count and thread state are left as they were. Tiles along an axis have
+sizes that differ by at most one, and as many of them as fill every thread ([`tile_slices`]), so that no thread
+waits for another's last, larger tile; CLIP views left over after full rounds of the threads (a sliding window's
+fifth) run in the calling thread on all its intra-op threads. Many short OpenMP parallel
 regions, every op split statically across the threads, would make every op wait for the slowest thread, which on a
 shared machine is the one whose core is busy with other work (and its partner busy-waits meanwhile); see
 `docs/performance-notes.md`. The tiles write disjoint slices of their outputs, and each reads only its own slice of a
