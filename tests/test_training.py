@@ -442,6 +442,7 @@ def test_torchrun_two_cpu_processes_train_and_evaluate(shared_path, tmp_path):
         "configuration_catseg.py",
         "modeling_catseg.py",
         "catseg_kernels.py",
+        "tile_threads_catseg.py",
         "image_processing_catseg.py",
         "image_inputs_catseg.py",
         "post_processing_catseg.py",

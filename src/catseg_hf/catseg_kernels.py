@@ -31,7 +31,7 @@ What is reformulated, against the blocks:
 **Tile threads.** With more than one torch thread, each entry point runs its independent tiles (Swin tiles, pixel
 tiles of the class aggregation, decoder class chunks, CLIP views) on a pool of as many Python threads as the caller
 has torch threads, each with one intra-op thread, which take the next tile as soon as they finish one
-([`TileWorkers`]); the caller's own thread count and thread state are left as they were. Tiles along an axis have
+([`TileWorkers`], in `tile_threads_catseg`); the caller's own thread count and thread state are left as they were. Tiles along an axis have
 sizes that differ by at most one, and as many of them as fill every thread ([`tile_slices`]), so that no thread
 waits for another's last, larger tile; CLIP views left over after full rounds of the threads (a sliding window's
 fifth) run in the calling thread on all its intra-op threads. Many short OpenMP parallel
@@ -49,15 +49,14 @@ path in one place (`CATSegForSemanticSegmentation.aggregate`, [`use_view_threads
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import ExitStack
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .tile_threads_catseg import TileWorkers, tile_slices, tile_workers
 
 if TYPE_CHECKING:
     from timm.layers import Mlp
@@ -80,10 +79,6 @@ SWIN_TOKENS_PER_TILE = 8 * 24 * 24
 CLASS_AGGREGATION_TOKENS_PER_TILE = 8192
 # Output pixels (classes x 4H x 4W) per tile of the upsampling decoder: 8 classes at 96x96.
 DECODER_OUTPUT_PIXELS_PER_TILE = 8 * 96 * 96
-# With tile threads, tiles are made smaller where needed so that each thread has at least this many to take from
-# (a thread slowed by other work on its core then simply takes fewer).
-MIN_TILES_PER_WORKER = 4
-
 _Tile = TypeVar("_Tile")
 _Result = TypeVar("_Result")
 
@@ -100,116 +95,10 @@ def use_inference_kernels(tensor: torch.Tensor) -> bool:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def tile_workers() -> int:
-    """How many threads run the tiles of a kernel called now: the caller's torch thread count (1: the tiles run in
-    the caller's thread, as plain loops). Also 1 while compiling or exporting, and under a torch function or
-    dispatch mode (as `FlopCounterMode`), which is thread-local and would not see the work of other threads."""
-    if torch.compiler.is_compiling():
-        return 1
-    modes = torch._C._len_torch_dispatch_stack() + torch._C._len_torch_function_stack()
-    return 1 if modes > 0 else torch.get_num_threads()
-
-
-def _use_one_intra_op_thread() -> None:
-    # Thread-local under OpenMP (the calling thread's OpenMP and MKL thread counts).
-    torch.set_num_threads(1)
-
-
-class TileWorkers:
-    """A pool of `workers` threads for the tiles of one kernel call, as a context manager: `map` runs a function over
-    tiles, each thread (one intra-op thread) taking the next tile when it is done with one. With `workers <= 1`, or one
-    tile, `map` runs in the calling thread. No tile runs any longer once `map` has returned or raised.
-
-    The caller's gradient mode, inference mode and CPU autocast hold in the threads (they are thread-local in torch,
-    and a new thread starts with gradients enabled). `torch.set_num_threads` in the threads also sets the count that
-    threads not yet using torch will start with; on exit that is set back to the caller's count. (Like any call of
-    it, it also turns MKL's dynamic choice of thread counts off, process-wide.)"""
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self._executor: ThreadPoolExecutor | None = None
-        self._started = False  # whether a thread has started (and set its thread count)
-
-    def __enter__(self) -> TileWorkers:
-        if self.workers > 1:
-            self._caller_threads = torch.get_num_threads()
-            self._grad_enabled = torch.is_grad_enabled()
-            self._inference_mode = torch.is_inference_mode_enabled()
-            self._autocast = torch.is_autocast_enabled("cpu")
-            self._autocast_dtype = torch.get_autocast_dtype("cpu")
-            self._executor = ThreadPoolExecutor(
-                self.workers, thread_name_prefix="catseg-tiles", initializer=_use_one_intra_op_thread
-            )
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        if not self._started:
-            executor.shutdown()
-            return
-        try:
-            # Threads started later take their count from the last `torch.set_num_threads`: put the caller's back.
-            executor.submit(torch.set_num_threads, self._caller_threads).result()
-        finally:
-            executor.shutdown(wait=True, cancel_futures=True)
-
-    def _in_caller_state(self, function: Callable[[_Tile], _Result], tile: _Tile) -> _Result:
-        with ExitStack() as stack:
-            stack.enter_context(torch.set_grad_enabled(self._grad_enabled))
-            if self._inference_mode:
-                stack.enter_context(torch.inference_mode())
-            if self._autocast:
-                stack.enter_context(torch.autocast("cpu", dtype=self._autocast_dtype))
-            return function(tile)
-
-    def map(self, function: Callable[[_Tile], _Result], tiles: Iterable[_Tile]) -> list[_Result]:
-        """`[function(tile) for tile in tiles]`, the tiles on the threads. The first exception of a tile is raised
-        once no tile runs any more (tiles not started yet are cancelled)."""
-        tiles = list(tiles)
-        if self._executor is None or len(tiles) <= 1:
-            return [function(tile) for tile in tiles]
-        self._started = True
-        futures = [self._executor.submit(self._in_caller_state, function, tile) for tile in tiles]
-        try:
-            wait(futures, return_when=FIRST_EXCEPTION)
-        finally:
-            # After a tile's exception (or an interruption of this thread): start no further tile, let running ones end.
-            for future in futures:
-                future.cancel()
-            wait(futures)
-        for future in futures:
-            if not future.cancelled() and future.exception() is not None:
-                raise future.exception()
-        return [future.result() for future in futures]
-
-
 def map_tiles(function: Callable[[_Tile], _Result], tiles: Sequence[_Tile]) -> list[_Result]:
     """`[function(tile) for tile in tiles]` for independent tiles, on `tile_workers()` threads (see [`TileWorkers`])."""
     with TileWorkers(tile_workers()) as workers:
         return workers.map(function, tiles)
-
-
-def tile_slices(
-    size: int, length: int, workers: int, other_tiles: int = 1, min_tiles_per_worker: int = MIN_TILES_PER_WORKER
-) -> list[slice]:
-    """`range(length)` cut into tiles of at most `size` items (at least 1), as slices, whose sizes differ by at most
-    one (larger first). With `workers > 1` threads the tiles are more where needed: at least `min_tiles_per_worker`
-    per thread, and their number (times `other_tiles` along other axes) a multiple of `workers` where `length`
-    allows, so that threads of equal speed finish together instead of one waiting for the other's last tile."""
-    count = math.ceil(length / max(1, size))
-    if workers > 1:
-        other_tiles = max(1, other_tiles)
-        count = max(count, math.ceil(min_tiles_per_worker * workers / other_tiles))
-        step = workers // math.gcd(workers, other_tiles)  # the least count whose tiles fill every thread
-        count = math.ceil(count / step) * step
-    count = max(1, min(count, length))
-    smaller, larger = divmod(length, count)
-    bounds = [0]
-    for index in range(count):
-        bounds.append(bounds[-1] + smaller + (index < larger))
-    return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:]) if stop > start]
 
 
 def map_class_chunks(
