@@ -1012,6 +1012,19 @@ def test_model_on_tile_threads_equals_inline_and_autograd_paths(num_classes, mon
     torch.testing.assert_close(logits[2], expected, atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize(
+    "workers, max_classes, sizes", [(2, 8, [6, 6]), (1, 8, [6, 6]), (1, 0, [12]), (2, 0, [6, 6]), (2, 5, [3] * 4)]
+)
+def test_decoder_class_chunks_fill_the_tile_threads(workers, max_classes, sizes, monkeypatch):
+    """`map_class_chunks` (the decoder's chunks without gradients on CPU): at most `max_classes` classes a chunk
+    (`<= 0`: no bound), sizes within one of each other, as many chunks as fill every thread; results in class order."""
+    monkeypatch.setattr(catseg_kernels, "tile_workers", lambda: workers)
+    logits = torch.arange(12.0).view(1, 12, 1).expand(2, 12, 3)
+    chunks = catseg_kernels.map_class_chunks(lambda chunk: chunk, logits, max_classes)
+    assert [chunk.shape[1] for chunk in chunks] == sizes
+    torch.testing.assert_close(torch.cat(chunks, dim=1), logits, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("num_views, on_threads", [(5, 4), (4, 4), (1, 0)])
 def test_clip_views_left_over_run_in_the_calling_thread(num_views, on_threads, monkeypatch):
     """`inference_image_features` with two tile threads: as many views as fill both threads run on them, the view left

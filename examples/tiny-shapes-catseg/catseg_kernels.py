@@ -104,9 +104,8 @@ def map_tiles(function: Callable[[_Tile], _Result], tiles: Sequence[_Tile]) -> l
 def map_class_chunks(
     function: Callable[[torch.Tensor], _Result], tensor: torch.Tensor, max_classes: int
 ) -> list[_Result]:
-    """`function` on the class chunks (dim 1) of `tensor` `(B, T, ...)`, each of at most `max_classes` classes (`<= 0`:
-    all), as [`tile_slices`] cuts them for `tile_workers()` threads (no more chunks than that asks for), on those
-    threads."""
+    """`function` on the class chunks (dim 1) of `tensor` `(B, T, ...)`, on `tile_workers()` threads: chunks of at
+    most `max_classes` classes (`<= 0`: no bound), cut by [`tile_slices`] into as many as fill every thread."""
     num_classes = tensor.shape[1]
     with TileWorkers(tile_workers()) as workers:
         size = num_classes if max_classes <= 0 else max_classes
