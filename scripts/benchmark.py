@@ -45,20 +45,20 @@ Options:
   --flops                 for the inference cases, count the FLOPs of one extra (untimed) run per part with
                           `torch.utils.flop_counter.FlopCounterMode` (it counts the aten ops that actually run, so the
                           tiled no-grad CPU kernels; with formulas added for the CPU ops it does not know: oneDNN's
-                          fused linear layers and CPU attention, `cpu_kernel_flop_formulas`): CLIP text tower (text cases), CLIP vision tower, cost volume
-                          and glue of the model's forward, aggregator (cost embedding, guidance projections, spatial
-                          and class aggregation), decoder (upsampling stages and head), and the rest outside the
-                          model (processor, post-processing). Each part is then timed inside the timed runs (median
-                          over runs) by timing wrappers installed on the case's own model instance only, and removed
-                          afterwards; reported: GFLOP, seconds and achieved GFLOP/s per part, next to this machine's
-                          float32 matmul rate (`torch.mm` of two 2048x2048 float32 matrices with the same thread
-                          count, best of 3, 2*n^3/t; n=512 with --quick; probed before and after the timed runs, the
-                          faster probe counts) and each part's time over its floor (its FLOPs at that rate). The
-                          counting run also times the ops that carry the FLOPs (matrix products, convolutions,
-                          attention: the ops FlopCounterMode counts) per part: what the library's kernels take for
-                          this work alone, against the same floor. That run executes the tiles inline (a dispatch
-                          mode is thread-local), each op on all the case's threads: with --threads 1 it is the timed
-                          path op for op. Ignored for the training cases.
+                          fused linear layers and CPU attention, `cpu_kernel_flop_formulas`): CLIP text tower (text
+                          cases), CLIP vision tower, cost volume and glue of the model's forward, aggregator (cost
+                          embedding, guidance projections, spatial and class aggregation), decoder (upsampling stages
+                          and head), and the rest outside the model (processor, post-processing). Each part is then
+                          timed inside the timed runs (median over runs) by timing wrappers installed on the case's own
+                          model instance only, and removed afterwards; reported: GFLOP, seconds and achieved GFLOP/s per
+                          part, next to this machine's float32 matmul rate (`torch.mm` of two 2048x2048 float32 matrices
+                          with the same thread count, best of 3, 2*n^3/t; n=512 with --quick; probed before and after
+                          the timed runs, the faster probe counts) and each part's time over its floor (its FLOPs at
+                          that rate). The counting run also times the ops that carry the FLOPs (matrix products,
+                          convolutions, attention: the ops FlopCounterMode counts) per part: what the library's kernels
+                          take for this work alone, against the same floor. That run executes the tiles inline (a
+                          dispatch mode is thread-local), each op on all the case's threads: with --threads 1 it is the
+                          timed path op for op. Ignored for the training cases.
   --background-load N     run every case twice: quiet first, then again while N busy-loop processes (pure Python
                           spin loops, one process each, each a full CPU hog) run on this machine; both figures are
                           reported side by side (with the slowdown). Each busy loop stops by itself at its deadline

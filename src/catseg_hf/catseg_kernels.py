@@ -31,12 +31,12 @@ What is reformulated, against the blocks:
 **Tile threads.** With more than one torch thread, each entry point runs its independent tiles (Swin tiles, pixel
 tiles of the class aggregation, decoder class chunks, CLIP views) on a pool of as many Python threads as the caller
 has torch threads, each with one intra-op thread, which take the next tile as soon as they finish one
-([`TileWorkers`], in `tile_threads_catseg`); the caller's own thread count and thread state are left as they were. Tiles along an axis have
-sizes that differ by at most one, and as many of them as fill every thread ([`tile_slices`]), so that no thread
-waits for another's last, larger tile; CLIP views left over after full rounds of the threads (a sliding window's
-fifth) run in the calling thread on all its intra-op threads. Many short OpenMP parallel
-regions, every op split statically across the threads, would make every op wait for the slowest thread, which on a
-shared machine is the one whose core is busy with other work (and its partner busy-waits meanwhile); see
+([`TileWorkers`], in `tile_threads_catseg`); the caller's own thread count and thread state are left as they were.
+Tiles along an axis have sizes that differ by at most one, and as many of them as fill every thread
+([`tile_slices`]), so that no thread waits for another's last, larger tile; CLIP views left over after full rounds of
+the threads (a sliding window's fifth) run in the calling thread on all its intra-op threads. Many short OpenMP
+parallel regions, every op split statically across the threads, would make every op wait for the slowest thread,
+which on a shared machine is the one whose core is busy with other work (and its partner busy-waits meanwhile); see
 `docs/performance-notes.md`. The tiles write disjoint slices of their outputs, and each reads only its own slice of a
 buffer it updates, so the order in which they run does not matter.
 
@@ -79,7 +79,7 @@ SWIN_TOKENS_PER_TILE = 8 * 24 * 24
 CLASS_AGGREGATION_TOKENS_PER_TILE = 8192
 # Output pixels (classes x 4H x 4W) per tile of the upsampling decoder: 8 classes at 96x96.
 DECODER_OUTPUT_PIXELS_PER_TILE = 8 * 96 * 96
-_Tile = TypeVar("_Tile")
+
 _Result = TypeVar("_Result")
 
 
@@ -93,12 +93,6 @@ def use_inference_kernels(tensor: torch.Tensor) -> bool:
 # ----------------------------------------------------------------------------------------------------------------------
 # Tile threads
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def map_tiles(function: Callable[[_Tile], _Result], tiles: Sequence[_Tile]) -> list[_Result]:
-    """`[function(tile) for tile in tiles]` for independent tiles, on `tile_workers()` threads (see [`TileWorkers`])."""
-    with TileWorkers(tile_workers()) as workers:
-        return workers.map(function, tiles)
 
 
 def map_class_chunks(
@@ -264,7 +258,8 @@ def spatial_aggregation(
     maps_per_tile = num_classes if module.class_chunk_size <= 0 else module.class_chunk_size
     maps_per_tile = min(maps_per_tile, max(1, SWIN_TOKENS_PER_TILE // (height * width)), num_classes)
     class_tiles = tile_slices(maps_per_tile, num_classes, workers.workers if workers else 1, other_tiles=batch)
-    plans = [swin_tile_plan(block, guidance, class_tiles[0].stop) for block in module.blocks]
+    largest_tile = class_tiles[0].stop - class_tiles[0].start  # tile_slices puts the larger tiles first
+    plans = [swin_tile_plan(block, guidance, largest_tile) for block in module.blocks]
     inputs = cost_embedding.reshape(batch, num_classes, height * width, channels)
     outputs = out.view(batch, num_classes, height * width, channels)
 
@@ -414,9 +409,10 @@ def inference_image_features(
     (`N` modulo the threads) then run in the calling thread on all its intra-op threads, instead of one thread
     working through a last view while the others wait."""
     views = [pixel_values[index : index + 1] for index in range(pixel_values.shape[0])]
-    workers = tile_workers()
-    on_threads = len(views) - len(views) % workers
-    per_view = map_tiles(image_features, views[:on_threads]) + [image_features(view) for view in views[on_threads:]]
+    with TileWorkers(tile_workers()) as workers:
+        on_threads = len(views) - len(views) % workers.workers
+        per_view = workers.map(image_features, views[:on_threads])
+    per_view += [image_features(view) for view in views[on_threads:]]
     merged = {}
     for name, first in per_view[0].items():
         parts = [features[name] for features in per_view]

@@ -587,12 +587,12 @@ class CATSegAggregator(nn.Module):
             logits = map_class_chunks(
                 lambda chunk: decode_chunk(chunk, *guidance_terms), cost_embedding, classes_per_chunk
             )
-        elif self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            chunks = _class_chunks(cost_embedding, classes_per_chunk)
-            logits = [self._gradient_checkpointing_func(decode_chunk, chunk, *guidance_terms) for chunk in chunks]
         else:
             chunks = _class_chunks(cost_embedding, classes_per_chunk)
-            logits = [decode_chunk(chunk, *guidance_terms) for chunk in chunks]
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                logits = [self._gradient_checkpointing_func(decode_chunk, chunk, *guidance_terms) for chunk in chunks]
+            else:
+                logits = [decode_chunk(chunk, *guidance_terms) for chunk in chunks]
         return logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)
 
     def forward(
