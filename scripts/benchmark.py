@@ -58,7 +58,10 @@ Options:
                           convolutions, attention: the ops FlopCounterMode counts) per part: what the library's kernels
                           take for this work alone, against the same floor. That run executes the tiles inline (a
                           dispatch mode is thread-local), each op on all the case's threads: with --threads 1 it is the
-                          timed path op for op. Ignored for the training cases.
+                          timed path op for op. A second table splits those ops by kind (products, convolutions,
+                          attention: `flop_op_kind`) per part, each with its GFLOP/s and its seconds over its floor,
+                          which says which kind of kernel the distance to the floor is in. Ignored for the training
+                          cases.
   --background-load N     run every case twice: quiet first, then again while N busy-loop processes (pure Python
                           spin loops, one process each, each a full CPU hog) run on this machine; both figures are
                           reported side by side (with the slowdown). Each busy loop stops by itself at its deadline
@@ -116,6 +119,7 @@ IGNORE_INDEX = 255
 # The official recipe's settings (CATSegTrainingArguments defaults): AdamW lr 2e-4, weight decay 1e-4, clip 0.01.
 LEARNING_RATE, WEIGHT_DECAY, MAX_GRAD_NORM = 2e-4, 1e-4, 0.01
 PARTS = ("clip_text", "clip_vision", "cost_volume_and_glue", "aggregator", "decoder", "outside_model")
+FLOP_OP_KINDS = ("products", "convolutions", "attention")
 
 # One busy loop per process: spins until its deadline (wall clock) or until its parent is gone.
 BUSY_LOOP = """
@@ -167,11 +171,9 @@ class PartRecorder:
         self.stack = ["outside_model"]
         self.op_timer = None
         self.seconds: dict[str, float] = {}
-        self.flops: dict[str, int] = {}
-        self.flop_op_seconds: dict[str, float] = {}
+        self.by_kind: dict[str, dict[str, list]] = {}  # part -> FLOP op kind -> [FLOPs, seconds of its ops]
         self._last_time = time.perf_counter()
-        self._last_flops = 0
-        self._last_op_seconds = 0.0
+        self._last_kind_totals = self._kind_totals()
         self._handles = []
         self._wrapped = []
         for module, part in ((model, "cost_volume_and_glue"), (model.aggregator, "aggregator")):
@@ -204,15 +206,38 @@ class PartRecorder:
             delattr(owner, name)  # the instance attribute; the class's method shows again
         self._handles, self._wrapped = [], []
 
+    @property
+    def flops(self) -> dict[str, int]:
+        """FLOPs counted per part."""
+        return {part: sum(flops for flops, _ in kinds.values()) for part, kinds in self.by_kind.items()}
+
+    @property
+    def flop_op_seconds(self) -> dict[str, float]:
+        """Seconds of the FLOP-counted ops per part."""
+        return {part: sum(seconds for _, seconds in kinds.values()) for part, kinds in self.by_kind.items()}
+
+    def _kind_totals(self) -> dict[str, tuple[int, float]]:
+        """FLOPs counted and seconds timed so far, per kind of FLOP op."""
+        totals = {kind: [0, 0.0] for kind in FLOP_OP_KINDS}
+        if self.counter is not None:
+            for op, flops in self.counter.flop_counts.get("Global", {}).items():
+                totals[flop_op_kind(op)][0] += flops
+        if self.op_timer is not None:
+            for kind, seconds in self.op_timer.seconds_by_kind.items():
+                totals[kind][1] += seconds
+        return {kind: tuple(total) for kind, total in totals.items()}
+
     def _flush(self):
         now = time.perf_counter()
-        flops = self.counter.get_total_flops() if self.counter is not None else 0
-        op_seconds = self.op_timer.seconds if self.op_timer is not None else 0.0
+        kind_totals = self._kind_totals()
         part = self.stack[-1]
         self.seconds[part] = self.seconds.get(part, 0.0) + now - self._last_time
-        self.flops[part] = self.flops.get(part, 0) + flops - self._last_flops
-        self.flop_op_seconds[part] = self.flop_op_seconds.get(part, 0.0) + op_seconds - self._last_op_seconds
-        self._last_time, self._last_flops, self._last_op_seconds = now, flops, op_seconds
+        kinds = self.by_kind.setdefault(part, {kind: [0, 0.0] for kind in FLOP_OP_KINDS})
+        for kind, (flops, seconds) in kind_totals.items():
+            last_flops, last_seconds = self._last_kind_totals[kind]
+            kinds[kind][0] += flops - last_flops
+            kinds[kind][1] += seconds - last_seconds
+        self._last_time, self._last_kind_totals = now, kind_totals
 
     def enter(self, part):
         self._flush()
@@ -225,26 +250,42 @@ class PartRecorder:
     def start(self, counter=None, op_timer=None):
         self.counter, self.op_timer = counter, op_timer
         self.stack = ["outside_model"]
-        self.seconds, self.flops, self.flop_op_seconds = {}, {}, {}
+        self.seconds, self.by_kind = {}, {}
         self._last_time = time.perf_counter()
-        self._last_flops = counter.get_total_flops() if counter is not None else 0
-        self._last_op_seconds = op_timer.seconds if op_timer is not None else 0.0
+        self._last_kind_totals = self._kind_totals()
 
     def stop(self):
         self._flush()
         self.counter, self.op_timer = None, None
 
 
+def flop_op_kind(op) -> str:
+    """The kind of a FLOP-counted op (an op overload packet, as `FlopCounterMode.flop_counts` keys them), one of
+    `FLOP_OP_KINDS`: attention (`scaled_dot_product_attention`'s kernels), convolutions (transposed ones too), or
+    products (mm, addmm, bmm, baddbmm, oneDNN's fused linear layers)."""
+    name = str(op).split(".")[-1]
+    if "attention" in name:
+        return "attention"
+    if "convolution" in name:
+        return "convolutions"
+    return "products"
+
+
 def flop_op_timer(flop_ops):
     """A torch dispatch mode that sums the wall time of the ops in `flop_ops` (the ops FlopCounterMode counts: the
-    matrix products, convolutions and attention: `FlopCounterMode.flop_registry`) in `.seconds`; other ops pass
-    through untimed. Entered below the FlopCounterMode, so that the counter's own bookkeeping is not timed."""
+    matrix products, convolutions and attention: `FlopCounterMode.flop_registry`) in `.seconds`, and per kind of op
+    ([`flop_op_kind`]) in `.seconds_by_kind`; other ops pass through untimed. Entered below the FlopCounterMode, so
+    that the counter's own bookkeeping is not timed."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class FlopOpTimer(TorchDispatchMode):
         def __init__(self):
             super().__init__()
-            self.seconds = 0.0
+            self.seconds_by_kind: dict[str, float] = {}
+
+        @property
+        def seconds(self) -> float:
+            return sum(self.seconds_by_kind.values())
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func.overloadpacket not in flop_ops:
@@ -253,7 +294,8 @@ def flop_op_timer(flop_ops):
             try:
                 return func(*args, **(kwargs or {}))
             finally:
-                self.seconds += time.perf_counter() - start
+                kind = flop_op_kind(func.overloadpacket)
+                self.seconds_by_kind[kind] = self.seconds_by_kind.get(kind, 0.0) + time.perf_counter() - start
 
     return FlopOpTimer()
 
@@ -405,6 +447,7 @@ def run_case(args: argparse.Namespace) -> dict:
             recorder.stop()
         counted = dict(recorder.flops)
         flop_op_seconds = dict(recorder.flop_op_seconds)
+        counted_by_kind = recorder.by_kind  # start() below gives the recorder new dicts: these stay the counted run's
         matmul_n = 512 if args.quick else 2048
         # Probed before and after the timed runs: this machine's rate drifts, and one probe can catch a slow moment.
         matmul_probes = [matmul_gflops(matmul_n)]
@@ -435,6 +478,11 @@ def run_case(args: argparse.Namespace) -> dict:
                 "seconds": seconds,
                 "gflops_per_s": gflop / seconds if seconds > 0 else None,
                 "flop_op_seconds": flop_op_seconds.get(part, 0.0),
+                "by_kind": {
+                    kind: {"gflop": kind_flops / 1e9, "flop_op_seconds": kind_seconds}
+                    for kind, (kind_flops, kind_seconds) in counted_by_kind.get(part, {}).items()
+                    if kind_flops or kind_seconds
+                },
             }
         total_gflop = sum(counted.values()) / 1e9
         flops = {
@@ -603,6 +651,27 @@ def format_flops(result: dict) -> str:
             f"{values['flop_op_seconds'] / floor:7.2f}x" if floor > 0 else f"{'-':>8s}",
         ]
         lines.append(f"  {part:22s} {values['gflop']:10.3f} {values['seconds']:8.3f} " + " ".join(cells))
+    lines += [
+        "",
+        "  FLOP ops by kind (the counted run): over floor = their seconds minus their GFLOP at the matmul rate",
+        f"  {'part':22s} {'kind':13s} {'GFLOP':>10s} {'s':>8s} {'GFLOP/s':>9s} {'% matmul':>9s} {'over floor s':>12s}",
+    ]
+    totals: dict[str, list[float]] = {}
+    rows = [(part, kind, values) for part in flops["parts"] for kind, values in flops["parts"][part]["by_kind"].items()]
+    for part, kind, values in rows:
+        total = totals.setdefault(kind, [0.0, 0.0])
+        total[0] += values["gflop"]
+        total[1] += values["flop_op_seconds"]
+    rows += [("total", kind, {"gflop": gflop, "flop_op_seconds": seconds}) for kind, (gflop, seconds) in totals.items()]
+    for part, kind, values in rows:
+        gflop, seconds = values["gflop"], values["flop_op_seconds"]
+        achieved = gflop / seconds if seconds > 0 else None
+        cells = [
+            f"{achieved:9.2f}" if achieved else f"{'-':>9s}",
+            f"{100 * achieved / rate:8.1f}%" if achieved and rate else f"{'-':>9s}",
+            f"{seconds - gflop / rate:12.3f}" if rate else f"{'-':>12s}",
+        ]
+        lines.append(f"  {part:22s} {kind:13s} {gflop:10.3f} {seconds:8.3f} " + " ".join(cells))
     return "\n".join(lines)
 
 

@@ -77,6 +77,14 @@ def test_quick_end_to_end_with_flops_and_background_load(tmp_path, shared_path):
             assert (part["flop_op_seconds"] > 0) == (part["gflop"] > 0), part
         op_seconds = [part["flop_op_seconds"] for part in flops["parts"].values()]
         assert flops["total_flop_op_seconds"] == pytest.approx(sum(op_seconds))
+        # The same FLOPs and op time split by kind of op: they add up to the part's, and each kind is where it runs.
+        for part in flops["parts"].values():
+            kinds = part["by_kind"]
+            assert set(kinds) <= {"products", "convolutions", "attention"}
+            assert sum(kind["gflop"] for kind in kinds.values()) == pytest.approx(part["gflop"])
+            assert sum(kind["flop_op_seconds"] for kind in kinds.values()) == pytest.approx(part["flop_op_seconds"])
+        assert {"products", "attention"} <= set(flops["parts"]["aggregator"]["by_kind"])  # the Swin windows' attention
+        assert set(flops["parts"]["decoder"]["by_kind"]) == {"convolutions"}
     load = loaded["background_load"]
     assert load["processes"] == 1 and len(load["pids"]) == 1
     assert load["alive_at_end"] == [True]  # the busy loop ran for the whole loaded case
@@ -86,8 +94,9 @@ def test_quick_end_to_end_with_flops_and_background_load(tmp_path, shared_path):
     # Each case process started under the tuned CPU allocator (the default of --cpu-allocator) and recorded it.
     expected = tuned_allocator_environment(os.environ)
     assert quiet["cpu_allocator"] == {name: expected.get(name) for name in TUNED_ALLOCATOR_SETTINGS}
-    # The table shows both conditions and the per-part FLOPs.
+    # The table shows both conditions, the per-part FLOPs and the FLOP ops by kind.
     assert "loaded" in completed.stdout and "GFLOP/s" in completed.stdout and "minor flt" in completed.stdout
+    assert "FLOP ops by kind" in completed.stdout and "over floor s" in completed.stdout
 
 
 @pytest.mark.parametrize("case", ["train171", "train171-checkpointing"])
@@ -205,6 +214,64 @@ def test_cpu_attention_is_counted_and_timed(script, monkeypatch):
     with torch.no_grad(), FlopCounterMode(display=False) as plain:  # the same attention as written
         torch.softmax(query @ key.transpose(-1, -2), dim=-1) @ value
     assert plain.get_total_flops() == expected
+
+
+def test_flop_op_kinds(script):
+    import torch
+
+    aten = torch.ops.aten
+    assert script.flop_op_kind(aten._scaled_dot_product_flash_attention_for_cpu) == "attention"
+    assert script.flop_op_kind(aten.convolution) == script.flop_op_kind(aten._convolution) == "convolutions"
+    for op in (aten.mm, aten.addmm, aten.bmm, aten.baddbmm, torch.ops.mkldnn._linear_pointwise):
+        assert script.flop_op_kind(op) == "products", op
+
+
+def test_flop_op_timer_splits_time_by_kind(script, monkeypatch):
+    """Each timed op's time goes to its kind; `.seconds` is their sum."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    clock = iter(range(100))
+    monkeypatch.setattr(script.time, "perf_counter", lambda: float(next(clock)))
+    counter = FlopCounterMode(display=False, custom_mapping=script.cpu_kernel_flop_formulas())
+    image, tokens = torch.randn(1, 2, 6, 6), torch.randn(1, 1, 4, 8)
+    with torch.no_grad(), script.flop_op_timer(counter.flop_registry) as timer, counter:
+        F.conv2d(image, torch.randn(3, 2, 3, 3))
+        F.scaled_dot_product_attention(tokens, tokens, tokens)
+        torch.mm(tokens[0, 0], tokens[0, 0].T)
+        torch.mm(tokens[0, 0], tokens[0, 0].T)
+    assert timer.seconds_by_kind == {"convolutions": 1.0, "attention": 1.0, "products": 2.0}
+    assert timer.seconds == 4.0
+
+
+def test_part_recorder_splits_flops_and_op_time_by_kind(script):
+    """The recorder attributes each kind's FLOPs and op time to the part that ran it (here the aggregator and the
+    decoder of a tiny model), and the part totals are the sums over kinds."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from catseg_hf import CATSegForSemanticSegmentation
+    from catseg_hf.testing_utils import tiny_catseg_config
+
+    model = CATSegForSemanticSegmentation(tiny_catseg_config()).eval()
+    resolution, projection_dim = model.config.clip_resolution, model.config.clip_config.projection_dim
+    pixel_values = torch.randn(1, 3, resolution, resolution)
+    class_embeddings = torch.randn(5, 1, projection_dim)  # 5 classes, one prompt
+    recorder = script.PartRecorder(model)
+    counter = FlopCounterMode(display=False, custom_mapping=script.cpu_kernel_flop_formulas())
+    with torch.no_grad(), script.flop_op_timer(counter.flop_registry) as timer, counter:
+        recorder.start(counter, timer)
+        model(pixel_values=pixel_values, class_embeddings=class_embeddings)
+        recorder.stop()
+    recorder.remove()
+    assert recorder.by_kind["aggregator"]["attention"][0] > 0  # the Swin windows
+    assert recorder.by_kind["decoder"]["convolutions"][0] > 0
+    assert recorder.by_kind["decoder"]["attention"] == [0, 0.0]
+    assert sum(recorder.flops.values()) == counter.get_total_flops()
+    assert sum(recorder.flop_op_seconds.values()) == pytest.approx(timer.seconds)
+    for part, kinds in recorder.by_kind.items():
+        assert recorder.flops[part] == sum(flops for flops, _ in kinds.values())
 
 
 def test_flop_op_timer_times_only_the_counted_ops(script, monkeypatch):
