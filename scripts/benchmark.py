@@ -658,7 +658,7 @@ def format_flops(result: dict) -> str:
     ]
     totals: dict[str, list[float]] = {}
     rows = [(part, kind, values) for part in flops["parts"] for kind, values in flops["parts"][part]["by_kind"].items()]
-    for part, kind, values in rows:
+    for _, kind, values in rows:
         total = totals.setdefault(kind, [0.0, 0.0])
         total[0] += values["gflop"]
         total[1] += values["flop_op_seconds"]
